@@ -1,0 +1,105 @@
+"""[cls]-query attention logits captured during a ViT's own forward pass.
+
+timm's attention runs ``F.scaled_dot_product_attention``, which never materialises the T×T attention
+matrix. GTA only needs the [cls] row of it, so a forward hook on each block's ``qkv`` projection takes the
+[cls] query and all keys from the projection's output and computes that one row: O(T·C) extra work per
+block instead of turning fused attention off and keeping T×T maps.
+
+Shapes: B batch, L captured blocks, H heads, T tokens (prefix + patches), N patch tokens, D head dim.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Captured:
+    """What the hooks recorded in one forward pass, keyed by block index."""
+
+    num_prefix_tokens: int
+    row_logits: dict[int, Tensor] = field(default_factory=dict)  # [B, H, T]: [cls] query against every key
+    block_out: dict[int, Tensor] = field(default_factory=dict)  # [B, T, C]: block output z'
+    msa_out: dict[int, Tensor] = field(default_factory=dict)  # [B, T, C]: attention branch output
+
+    def cls_logits(self, blocks: Sequence[int] | None = None) -> Tensor:
+        """Pre-softmax [cls]→patch logits, [B, L, H, N]; the cls→cls and register entries are dropped."""
+        blocks = sorted(self.row_logits) if blocks is None else blocks
+        return torch.stack([self.row_logits[b][..., self.num_prefix_tokens:] for b in blocks], dim=1)
+
+    def cls_attention(self, block: int) -> Tensor:
+        """Post-softmax [cls] attention over patches, [B, H, N]: softmax over all keys, then patches kept."""
+        return self.row_logits[block].float().softmax(dim=-1)[..., self.num_prefix_tokens:]
+
+
+def resolve_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[int]:
+    """Block indices as non-negative ints (``None`` = every block); negative indices count from the end."""
+    depth = len(model.blocks)
+    if blocks is None:
+        return list(range(depth))
+    out = []
+    for b in blocks:
+        if not -depth <= b < depth:
+            raise ValueError(f"block {b} out of range for a model with {depth} blocks")
+        out.append(b % depth)
+    return sorted(set(out))
+
+
+def _cls_row_logits(attn: nn.Module, qkv: Tensor) -> Tensor:
+    """[B, H, T] logits of the [cls] query (token 0) against all keys, from the qkv projection output."""
+    B, T, _ = qkv.shape
+    H, D = attn.num_heads, attn.head_dim
+    q = qkv[:, 0, : H * D].reshape(B, H, 1, D)
+    k = qkv[:, :, H * D : 2 * H * D].reshape(B, T, H, D).transpose(1, 2)
+    # q/k norms (identity unless the model has qk_norm) act per head on D, exactly as in the forward.
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return (q @ k.transpose(-2, -1)).squeeze(2) * attn.scale
+
+
+@contextmanager
+def capture(model: nn.Module, blocks: Sequence[int] | None = None, *, logits: bool = True,
+            block_outputs: bool = False, msa_outputs: bool = False) -> Iterator[Captured]:
+    """Record [cls] logits (and optionally block / MSA outputs) of ``blocks`` during forwards inside the
+    ``with``. The model's forward is unchanged; gradients flow through everything recorded."""
+    for i in resolve_blocks(model, blocks):
+        attn = model.blocks[i].attn
+        if not (hasattr(attn, "qkv") and hasattr(attn, "num_heads")):
+            raise TypeError(f"block {i}: {type(attn).__name__} has no fused qkv projection to read [cls] logits from")
+    out = Captured(num_prefix_tokens=model.num_prefix_tokens)
+    handles = []
+    for i in resolve_blocks(model, blocks):
+        block = model.blocks[i]
+        if logits:
+            handles.append(block.attn.qkv.register_forward_hook(
+                lambda m, inp, qkv, i=i, attn=block.attn: out.row_logits.__setitem__(i, _cls_row_logits(attn, qkv))))
+        if block_outputs:
+            handles.append(block.register_forward_hook(lambda m, inp, y, i=i: out.block_out.__setitem__(i, y)))
+        if msa_outputs:
+            handles.append(block.attn.register_forward_hook(lambda m, inp, y, i=i: out.msa_out.__setitem__(i, y)))
+    try:
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def cls_logits(model: nn.Module, images: Tensor, blocks: Sequence[int] | None = None) -> Tensor:
+    """Pre-softmax [cls]-query logits over the N patch keys for every block (or ``blocks``): [B, L, H, N].
+
+    Runs the model's own (fused-attention) forward once; differentiable.
+    """
+    with capture(model, blocks) as cap:
+        model.forward_features(images)
+    return cap.cls_logits(resolve_blocks(model, blocks))
+
+
+def cls_attention(model: nn.Module, images: Tensor, block: int = -1) -> Tensor:
+    """Post-softmax [cls] attention of one block over the N patch tokens, per head: [B, H, N]."""
+    (b,) = resolve_blocks(model, [block])
+    with capture(model, [b]) as cap:
+        model.forward_features(images)
+    return cap.cls_attention(b)

@@ -1,0 +1,36 @@
+"""The ``gtaseg`` command: a click group; each subcommand lives in its own module."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from gtaseg import __version__
+from gtaseg.errors import GtasegError
+
+
+class _Group(click.Group):
+    """Turns :class:`GtasegError` into one line on stderr and exit code 1 (a traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GtasegError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="gtaseg")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Fine-tune Vision Transformers with GTA and measure the quality of their [cls] attention."""
+    ctx.obj = {"debug": debug}
+
+
+from gtaseg.cli.train import train  # noqa: E402
+
+main.add_command(train)

