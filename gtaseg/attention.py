@@ -61,25 +61,26 @@ def _cls_row_logits(attn: nn.Module, qkv: Tensor) -> Tensor:
 
 
 @contextmanager
-def capture(model: nn.Module, blocks: Sequence[int] | None = None, *, logits: bool = True,
-            block_outputs: bool = False, msa_outputs: bool = False) -> Iterator[Captured]:
-    """Record [cls] logits (and optionally block / MSA outputs) of ``blocks`` during forwards inside the
-    ``with``. The model's forward is unchanged; gradients flow through everything recorded."""
-    for i in resolve_blocks(model, blocks):
+def capture(model: nn.Module, logits: Sequence[int] | None = None, *, block_outputs: Sequence[int] = (),
+            msa_outputs: Sequence[int] = ()) -> Iterator[Captured]:
+    """Record, during forwards inside the ``with``, the [cls] logits of the ``logits`` blocks (``None`` =
+    all blocks), and the outputs of the ``block_outputs`` blocks and of the ``msa_outputs`` attention
+    branches. The model's forward is unchanged; gradients flow through everything recorded."""
+    logit_blocks = resolve_blocks(model, logits)
+    for i in logit_blocks:
         attn = model.blocks[i].attn
         if not (hasattr(attn, "qkv") and hasattr(attn, "num_heads")):
             raise TypeError(f"block {i}: {type(attn).__name__} has no fused qkv projection to read [cls] logits from")
     out = Captured(num_prefix_tokens=model.num_prefix_tokens)
     handles = []
-    for i in resolve_blocks(model, blocks):
-        block = model.blocks[i]
-        if logits:
-            handles.append(block.attn.qkv.register_forward_hook(
-                lambda m, inp, qkv, i=i, attn=block.attn: out.row_logits.__setitem__(i, _cls_row_logits(attn, qkv))))
-        if block_outputs:
-            handles.append(block.register_forward_hook(lambda m, inp, y, i=i: out.block_out.__setitem__(i, y)))
-        if msa_outputs:
-            handles.append(block.attn.register_forward_hook(lambda m, inp, y, i=i: out.msa_out.__setitem__(i, y)))
+    for i in logit_blocks:
+        attn = model.blocks[i].attn
+        handles.append(attn.qkv.register_forward_hook(
+            lambda m, inp, qkv, i=i, attn=attn: out.row_logits.__setitem__(i, _cls_row_logits(attn, qkv))))
+    for i in resolve_blocks(model, block_outputs):
+        handles.append(model.blocks[i].register_forward_hook(lambda m, inp, y, i=i: out.block_out.__setitem__(i, y)))
+    for i in resolve_blocks(model, msa_outputs):
+        handles.append(model.blocks[i].attn.register_forward_hook(lambda m, inp, y, i=i: out.msa_out.__setitem__(i, y)))
     try:
         yield out
     finally:

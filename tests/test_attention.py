@@ -100,7 +100,7 @@ def test_logits_carry_gradients_and_one_forward():
     images = torch.randn(2, 3, 32, 32)
     calls = []
     h = model.patch_embed.register_forward_hook(lambda *a: calls.append(1))
-    with capture(model, block_outputs=True, msa_outputs=True) as cap:
+    with capture(model, block_outputs=[0, 1, 2], msa_outputs=[0, 1, 2]) as cap:
         out = model(images)
     h.remove()
     assert len(calls) == 1
@@ -113,6 +113,6 @@ def test_logits_carry_gradients_and_one_forward():
 
 def test_hooks_are_removed():
     model = tiny_vit(**ARCHS[0])
-    with capture(model, block_outputs=True):
+    with capture(model, block_outputs=[0, -1], msa_outputs=[1]):
         pass
-    assert all(not blk.attn.qkv._forward_hooks and not blk._forward_hooks for blk in model.blocks)
+    assert all(not (blk.attn.qkv._forward_hooks or blk._forward_hooks or blk.attn._forward_hooks) for blk in model.blocks)

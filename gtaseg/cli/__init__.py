@@ -34,3 +34,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 from gtaseg.cli.train import train  # noqa: E402
 
 main.add_command(train)
+
+from gtaseg.cli.data import data  # noqa: E402
+
+main.add_command(data)

@@ -26,7 +26,7 @@ from gtaseg.errors import DataError
 SPLITS = ("train", "test")
 
 # One sample: image path, 0-based label, mask path (None when the dataset has no mask folder).
-_Item = tuple[Path, int, "Path | None"]
+_Item = tuple[Path, int, Path | None]
 
 
 class _Abort(Exception):
@@ -57,12 +57,17 @@ class _Context:
             raise self.abort(f"missing {path} (expected the official {self.info.folder} layout, see data/README.md)")
         return path
 
+    def lines(self, path: Path) -> list[str]:
+        try:
+            return self.require(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise self.abort(f"cannot read {path}: {e}") from None
+
     def rows(self, path: Path, fmt: str, types: tuple[type, ...]) -> list[tuple]:
         """The lines of a whitespace-separated table; the last column takes the rest of the line (class names
         may contain spaces). Malformed lines are recorded and skipped."""
-        self.require(path)
         out = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(self.lines(path), 1):
             if not line.strip() or line.startswith("#"):
                 continue
             fields = line.split(maxsplit=len(types) - 1)
@@ -88,6 +93,12 @@ class _Context:
         # squeeze_me turns a one-element array into a scalar; the parsers always want arrays.
         return [np.atleast_1d(mat[k]) for k in keys]
 
+    def ints(self, values: np.ndarray, path: Path, what: str) -> list[int]:
+        try:
+            return [int(v) for v in values]
+        except (TypeError, ValueError):
+            raise self.abort(f"{path}: {what} are not all integers (expected the official layout)") from None
+
     def label(self, class_id: int, num_classes: int, where: str) -> int | None:
         """The 0-based label for a 1-based official class id, or None (recorded) when it is out of range."""
         if 1 <= class_id <= num_classes:
@@ -102,14 +113,12 @@ class _Context:
         for class_id, name in pairs:
             if names.setdefault(class_id, name) != name:
                 self.problems.append(f"{source}: class id {class_id} is both {names[class_id]!r} and {name!r}")
+        if min(names, default=1) < 1:
+            raise self.abort(f"{source}: class id {min(names)} is below 1")
         gaps = sorted(set(range(1, max(names, default=0) + 1)) - names.keys())
-        if gaps or min(names, default=1) < 1:
-            raise self.abort(f"{source}: class ids are not 1..{len(names)} (e.g. {(gaps or [min(names)])[0]})")
+        if gaps:
+            raise self.abort(f"{source}: no class with id {gaps[0]} (class ids must run 1..{max(names)})")
         return [names[i] for i in range(1, len(names) + 1)]
-
-    def first_existing(self, *candidates: Path) -> Path:
-        """The first candidate that exists, else the first one (so a missing-file message names the usual place)."""
-        return next((p for p in candidates if p.exists()), candidates[0])
 
 
 @dataclass(frozen=True)
@@ -127,9 +136,6 @@ class DatasetInfo:
     parse: Callable[[_Context], _Parsed] = field(repr=False)
     mask_reader: Callable[[Image.Image], np.ndarray] | None = field(default=None, repr=False)
 
-    def expected(self, split: str) -> int:
-        return self.num_train if split == "train" else self.num_test
-
     def base(self, root: str | os.PathLike) -> Path:
         """The dataset folder: ``root/folder``, or ``root`` itself when it already is that folder."""
         root = Path(root)
@@ -139,6 +145,19 @@ class DatasetInfo:
 
     def load(self, root: str | os.PathLike, split: str) -> Split:
         return load_split(self.name, root, split)
+
+
+def _first_existing(*candidates: Path) -> Path:
+    """The first candidate that exists, else the first one (so a missing-file message names the usual place)."""
+    return next((p for p in candidates if p.exists()), candidates[0])
+
+
+def _folder_or_none(path: Path) -> Path | None:
+    return path if path.is_dir() else None
+
+
+# Aircraft and Pet: our "train" is the official trainval (train + val), the usual protocol for these benchmarks.
+_TRAINVAL_FILES = (("train", "trainval"), ("test", "test"))
 
 
 # --- the parsers ---------------------------------------------------------------------------------------------
@@ -155,8 +174,7 @@ def _parse_cub(ctx: _Context) -> _Parsed:
     labels = dict(ctx.rows(labels_file, "<image_id> <class_id>", (int, int)))
     is_train = dict(ctx.rows(split_file, "<image_id> <is_training_image>", (int, int)))
     # The segmentations come as a separate archive: accept it unpacked inside CUB_200_2011/ or beside it.
-    masks = ctx.first_existing(b / "segmentations", b.parent / "segmentations")
-    masks = masks if masks.is_dir() else None
+    masks = _folder_or_none(_first_existing(b / "segmentations", b.parent / "segmentations"))
     splits: dict[str, list[_Item]] = {s: [] for s in SPLITS}
     for image_id, rel in images.items():
         if image_id not in labels or image_id not in is_train:
@@ -181,20 +199,20 @@ def _parse_cars(ctx: _Context) -> _Parsed:
         if not {"fname", "class"} <= set(records.dtype.names or ()):
             raise ctx.abort(f"{path}: 'annotations' has no 'fname'/'class' fields (expected the official layout)")
         splits[split] = []
-        for i, rec in enumerate(records):
-            label = ctx.label(int(rec["class"]), len(classes), f"{path} (annotation {i})")
+        class_ids = ctx.ints(records["class"], path, "annotation classes")
+        for i, (fname, class_id) in enumerate(zip(records["fname"], class_ids)):
+            label = ctx.label(class_id, len(classes), f"{path} (annotation {i})")
             if label is not None:
-                splits[split].append((b / f"cars_{split}" / str(rec["fname"]), label, None))
+                splits[split].append((b / f"cars_{split}" / str(fname), label, None))
     return _Parsed(classes, splits)
 
 
 def _parse_aircraft(ctx: _Context) -> _Parsed:
     data = ctx.base / "data"
-    classes = [line.strip() for line in ctx.require(data / "variants.txt").read_text().splitlines() if line.strip()]
+    classes = [line.strip() for line in ctx.lines(data / "variants.txt") if line.strip()]
     index = {name: i for i, name in enumerate(classes)}
     splits: dict[str, list[_Item]] = {}
-    # Our "train" is the official trainval (train + val), the usual protocol for 100-way variant classification.
-    for split, official in (("train", "trainval"), ("test", "test")):
+    for split, official in _TRAINVAL_FILES:
         path = data / f"images_variant_{official}.txt"
         splits[split] = []
         for image_id, variant in ctx.rows(path, "<image_id> <variant>", (str, str)):
@@ -210,9 +228,11 @@ def _parse_dogs(ctx: _Context) -> _Parsed:
     lists = {}
     for split in SPLITS:
         # lists.tar unpacks its .mat files at the top level; some copies keep them in lists/.
-        path = ctx.first_existing(b / f"{split}_list.mat", b / "lists" / f"{split}_list.mat")
+        path = _first_existing(b / f"{split}_list.mat", b / "lists" / f"{split}_list.mat")
         files, ids = ctx.loadmat(path, "file_list", "labels")
-        lists[split] = (path, [str(f) for f in files], [int(i) for i in ids])
+        if len(files) != len(ids):
+            raise ctx.abort(f"{path}: {len(files)} entries in 'file_list' but {len(ids)} in 'labels'")
+        lists[split] = (path, [str(f) for f in files], ctx.ints(ids, path, "labels"))
     # Class names are the breed folders ("n02085620-Chihuahua" -> "Chihuahua"), numbered by the official labels.
     classes = ctx.classes_from_ids(
         ((i, f.split("/", 1)[0].split("-", 1)[-1]) for _, files, ids in lists.values() for f, i in zip(files, ids)),
@@ -229,15 +249,14 @@ def _parse_pet(ctx: _Context) -> _Parsed:
     anns = ctx.base / "annotations"
     rows = {
         split: ctx.rows(anns / f"{official}.txt", "<image> <class_id> <species> <breed_id>", (str, int, int, int))
-        for split, official in (("train", "trainval"), ("test", "test"))
+        for split, official in _TRAINVAL_FILES
     }
     # Class names are the breed part of the image names ("american_bulldog_10" -> "american_bulldog").
     classes = ctx.classes_from_ids(
         ((class_id, image.rsplit("_", 1)[0]) for r in rows.values() for image, class_id, _, _ in r),
         anns / "trainval.txt",
     )
-    masks = anns / "trimaps"
-    masks = masks if masks.is_dir() else None
+    masks = _folder_or_none(anns / "trimaps")
     splits = {
         split: [
             (ctx.base / "images" / f"{image}.jpg", class_id - 1, None if masks is None else masks / f"{image}.png")
@@ -259,8 +278,8 @@ def _pet_trimap(img: Image.Image) -> np.ndarray:
     return np.array([0, 1, 0, 255], dtype=np.uint8)[values]
 
 
-# CUB masks are soft (the fraction of annotators who marked the pixel as bird, as 0..255). Pixels where they
-# clearly disagree are void rather than forced to one side, like the Pet border: < 64 background, >= 192 bird.
+# CUB masks are soft (0..255, combined from several annotators). The uncertain middle band is void rather than
+# forced to one side, like the Pet border: < 64 background, >= 192 bird.
 _CUB_BACKGROUND_BELOW, _CUB_OBJECT_FROM = 64, 192
 
 
@@ -323,7 +342,9 @@ def load_split(name: str, root: str | os.PathLike, split: str) -> Split:
     ctx, parsed = _parse(info, root)
     problems = ctx.problems + ([] if parsed is None else _missing_files(parsed.splits[split]))
     if problems:
-        more = f" (and {len(problems) - 1} more; run `gtaseg data check --dataset {name}`)" if len(problems) > 1 else ""
+        more = ""
+        if len(problems) > 1:
+            more = f" (and {len(problems) - 1} more; see `gtaseg data check --dataset {name} --data-root {root}`)"
         raise DataError(f"{info.title}: {problems[0]}{more}")
     items = parsed.splits[split]
     masks = None if parsed.masks is None else [str(m) for _, _, m in items]

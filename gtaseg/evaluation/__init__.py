@@ -1,0 +1,1 @@
+"""Evaluation: attention masks, Jaccard, accuracy, figures."""

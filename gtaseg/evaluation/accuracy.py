@@ -1,0 +1,23 @@
+"""Top-1 / top-5 classification accuracy over a data loader."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+
+@torch.inference_mode()
+def topk_accuracy(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "accuracy") -> dict[str, float]:
+    """``{"top1", "top5", "count"}`` in percent; top-5 is top-k with k = number of classes when fewer than 5."""
+    correct1 = correct5 = count = 0
+    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(images)
+        top = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
+        hits = top == labels[:, None]
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(dim=-1).sum().item()
+        count += len(labels)
+    return {"top1": 100.0 * correct1 / max(count, 1), "top5": 100.0 * correct5 / max(count, 1), "count": count}

@@ -1,0 +1,38 @@
+"""The fine-tuning methods: which parameters train, what the target records, and the extra loss term."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    help: str
+    default_lam: float = 0.0
+    needs_source: bool = False  # a frozen source model runs on every batch
+    guide: str | None = None  # what is guided towards the source: "logits", "block" or "msa"
+    trains: tuple[str, ...] | None = None  # parameter-name fragments that train (the head always does)
+
+    def trainable(self, name: str) -> bool:
+        return self.trains is None or name.startswith("head.") or any(f in name for f in self.trains)
+
+    def freeze(self, model: nn.Module) -> None:
+        for name, p in model.named_parameters():
+            p.requires_grad_(self.trainable(name))
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("baseline", "naive fine-tuning: cross-entropy only"),
+    Method("gta", "GTA: L2 between target and source pre-softmax [cls]-query attention logits", 1.0,
+           needs_source=True, guide="logits"),
+    Method("l2sp", "L2-SP: ½‖w − w₀‖² towards the initial backbone weights", 0.01),
+    Method("bss", "BSS: shrink the smallest singular value of the batch features before the head", 0.001),
+    Method("attn-only", "train only the attention parameters (and the head)", trains=(".attn.",)),
+    Method("ffn-only", "train only the MLP parameters (and the head)", trains=(".mlp.",)),
+    Method("guide-block", "L2 guidance of every guided block's output z′ towards the source", 1.0,
+           needs_source=True, guide="block"),
+    Method("guide-msa", "L2 guidance of every guided block's MSA output towards the source", 1.0,
+           needs_source=True, guide="msa"),
+]}
