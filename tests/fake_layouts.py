@@ -43,7 +43,7 @@ def _jpeg(path: Path, label: int) -> Path:
     return path
 
 
-def _png(path: Path, values: np.ndarray) -> Path:
+def write_png(path: Path, values: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(values.astype(np.uint8), mode="L").save(path)
     return path
@@ -54,7 +54,7 @@ def _write(path: Path, lines: list[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines))
 
 
-def _cells(strings: list[str], shape: tuple[int, int] | None = None) -> np.ndarray:
+def mat_cells(strings: list[str], shape: tuple[int, int] | None = None) -> np.ndarray:
     """A MATLAB cell array of strings (savemat writes an object array as a cell array)."""
     cells = np.empty(len(strings), dtype=object)
     cells[:] = strings
@@ -83,7 +83,7 @@ def make_cub(root: Path, segmentations: str | None = "inside") -> FakeDataset:
         rel = f"{folders[label]}/{names[label]}_{split}_{k:04d}.jpg"
         fake.samples[split].append((_jpeg(base / "images" / rel, label), label))
         if seg_dir is not None:
-            fake.masks[split].append(_png(seg_dir / Path(rel).with_suffix(".png"), CUB_SOFT_MASK))
+            fake.masks[split].append(write_png(seg_dir / Path(rel).with_suffix(".png"), CUB_SOFT_MASK))
         images.append(f"{image_id} {rel}")
         labels.append(f"{image_id} {label + 1}")
         split_flags.append(f"{image_id} {int(split == 'train')}")
@@ -109,7 +109,7 @@ def make_cars(root: Path) -> FakeDataset:
         anno_path = base / ("devkit/cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat")
         anno_path.parent.mkdir(parents=True, exist_ok=True)
         scipy.io.savemat(anno_path, {"annotations": annotations})
-    scipy.io.savemat(base / "devkit" / "cars_meta.mat", {"class_names": _cells(names, (1, len(names)))})
+    scipy.io.savemat(base / "devkit" / "cars_meta.mat", {"class_names": mat_cells(names, (1, len(names)))})
     return fake
 
 
@@ -144,7 +144,7 @@ def make_dogs(root: Path, lists_dir: bool = False) -> FakeDataset:
         path = base / ("lists" if lists_dir else "") / f"{split}_list.mat"
         path.parent.mkdir(parents=True, exist_ok=True)
         labels = np.array([[label + 1.0] for _, label in fake.samples[split]])
-        scipy.io.savemat(path, {"file_list": _cells(rels), "annotation_list": _cells([r[:-4] for r in rels]),
+        scipy.io.savemat(path, {"file_list": mat_cells(rels), "annotation_list": mat_cells([r[:-4] for r in rels]),
                                 "labels": labels})
     return fake
 
@@ -165,7 +165,7 @@ def make_pet(root: Path, trimaps: bool = True) -> FakeDataset:
         image = f"{names[label]}_{n}"
         fake.samples[split].append((_jpeg(base / "images" / f"{image}.jpg", label), label))
         if trimaps:
-            fake.masks[split].append(_png(base / "annotations" / "trimaps" / f"{image}.png", PET_TRIMAP))
+            fake.masks[split].append(write_png(base / "annotations" / "trimaps" / f"{image}.png", PET_TRIMAP))
         breed_id = species[: label + 1].count(species[label])
         lines[split].append(f"{image} {label + 1} {species[label]} {breed_id}")
     _write(base / "annotations" / "trainval.txt", lines["train"])

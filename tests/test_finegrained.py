@@ -45,6 +45,7 @@ def test_labels_agree_with_the_class_named_in_the_file_name(tmp_path, name):
 def test_data_root_may_be_the_dataset_folder_itself(fake):
     name, ds = fake
     assert load_split(name, ds.base, "train").samples == _as_str(ds.samples["train"])
+    assert DATASETS[name].load(ds.base, "test") == load_split(name, ds.root, "test")
 
 
 def test_the_table_of_official_sizes():
@@ -90,7 +91,7 @@ def test_read_object_mask_errors(tmp_path):
         read_object_mask("cars", tmp_path / "x.png")
     with pytest.raises(DataError, match="cannot read mask .*nope.png"):
         read_object_mask("pet", tmp_path / "nope.png")
-    fl._png(tmp_path / "bad.png", np.full((2, 2), 7))
+    fl.write_png(tmp_path / "bad.png", np.full((2, 2), 7))
     with pytest.raises(DataError, match="values 1, 2, 3"):
         read_object_mask("pet", tmp_path / "bad.png")
 
@@ -149,7 +150,7 @@ def test_missing_annotation_file_is_one_line_naming_it(tmp_path, name):
 
 
 def test_missing_root_and_unknown_names(tmp_path):
-    with pytest.raises(DataError, match=f"data root {tmp_path / 'nope'} is not a folder"):
+    with pytest.raises(DataError, match=f"data root {tmp_path / 'nope'} does not exist"):
         load_split("cub", tmp_path / "nope", "train")
     with pytest.raises(DataError, match="unknown dataset 'flowers'; known: cub, cars, aircraft, dogs, pet"):
         load_split("flowers", tmp_path, "train")
@@ -175,7 +176,7 @@ def test_malformed_annotation_lines_are_named(tmp_path):
 def test_malformed_mat_files_are_named(tmp_path):
     ds = fl.make_dogs(tmp_path)
     lists = ds.base / "test_list.mat"
-    scipy.io.savemat(lists, {"file_list": fl._cells(["a/b.jpg"])})
+    scipy.io.savemat(lists, {"file_list": fl.mat_cells(["a/b.jpg"])})
     with pytest.raises(DataError, match=f"{lists}: no variable 'labels'"):
         load_split("dogs", tmp_path, "train")
     lists.write_bytes(b"not a mat file")
@@ -221,4 +222,4 @@ def test_gtaseg_entry_point_has_data_check(tmp_path):
 
     result = CliRunner().invoke(main, ["data", "check", "--dataset", "pet", "--data-root", str(tmp_path / "nope")])
     assert result.exit_code == 1
-    assert f"data root {tmp_path / 'nope'} is not a folder" in result.output
+    assert f"data root {tmp_path / 'nope'} does not exist" in result.output

@@ -38,3 +38,11 @@ main.add_command(train)
 from gtaseg.cli.data import data  # noqa: E402
 
 main.add_command(data)
+
+from gtaseg.cli.evaluate import check_attention, eval_acc, eval_coco, eval_voc, visualize  # noqa: E402
+
+main.add_command(eval_voc)
+main.add_command(eval_coco)
+main.add_command(eval_acc)
+main.add_command(check_attention)
+main.add_command(visualize)

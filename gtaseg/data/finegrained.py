@@ -321,7 +321,7 @@ def _parse(info: DatasetInfo, root: str | os.PathLike) -> tuple[_Context, _Parse
     ctx = _Context(info, info.base(root))
     try:
         if not Path(root).is_dir():
-            raise ctx.abort(f"data root {root} is not a folder")
+            raise ctx.abort(f"data root {root} {'is not a folder' if Path(root).exists() else 'does not exist'}")
         return ctx, info.parse(ctx)
     except _Abort:
         return ctx, None
@@ -335,7 +335,10 @@ def _missing_files(items: list[_Item]) -> list[str]:
 def load_split(name: str, root: str | os.PathLike, split: str) -> Split:
     """One split (``"train"`` or ``"test"``) of a benchmark under ``root`` (the folder holding the official
     top-level folder, or that folder itself). Raises :class:`DataError` on a missing file, a malformed annotation,
-    or an image (or mask) listed but missing on disk."""
+    or an image (or mask) listed but missing on disk.
+
+    ``masks`` (CUB segmentations, Pet trimaps) are paths to the official files, which are NOT in our mask
+    convention: read them with :func:`read_object_mask`."""
     info = dataset_info(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for {info.title}; known: {', '.join(SPLITS)}")
@@ -355,7 +358,7 @@ def read_object_mask(name: str, path: str | os.PathLike) -> np.ndarray:
     """A dataset's mask file as uint8 in our convention: 0 = background, 1 = object, 255 = void.
 
     Pet trimaps: pet -> 1, background -> 0, border -> 255. CUB soft masks: below 64 -> 0, from 192 -> 1, the
-    band between (annotators disagree) -> 255.
+    uncertain band between -> 255.
     """
     info = dataset_info(name)
     if info.mask_reader is None:
@@ -377,6 +380,9 @@ class CheckRow:
 
 @dataclass(frozen=True)
 class CheckReport:
+    """What :func:`check_dataset` found. A count that differs from the official table is a problem too, so
+    ``ok`` means the copy is complete and well-formed."""
+
     dataset: str
     base: Path
     rows: list[CheckRow]
