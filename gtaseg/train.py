@@ -57,6 +57,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 10
     synthetic: dict = field(default_factory=dict)
+    compile: bool = False  # torch.compile the target's and the source's forward
 
 
 # The paper's recipe (ViT-S, 3k iterations, effective batch 768 at 224), and a preset for the embedded

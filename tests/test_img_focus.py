@@ -118,9 +118,10 @@ def test_224_differs_only_by_timms_antialiased_resampling(converted, session, ph
     plain = F.interpolate(stored, size=(16, 16), mode="bicubic", align_corners=False, antialias=False)
     assert (plain - grid).abs().max() < 1e-5
     ours = make_timm(converted).forward_features(photos[224])
-    cos = F.cosine_similarity(ours, feats, dim=-1)
-    assert cos.min() > 0.95, cos.min()
-    assert (ours - feats).abs().max() < 0.1 * feats.abs().max()
+    # Measured on two horse photos: max |diff| 0.91 against features up to 9.9, mean 0.08, cosine >= 0.990.
+    diff, scale = (ours - feats).abs(), feats.abs().max()
+    assert F.cosine_similarity(ours, feats, dim=-1).min() > 0.95
+    assert diff.max() < 0.2 * scale and diff.mean() < 0.02 * scale
 
 
 def test_cache_round_trip(converted, tmp_path, monkeypatch):

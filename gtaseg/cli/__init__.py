@@ -46,3 +46,8 @@ main.add_command(eval_coco)
 main.add_command(eval_acc)
 main.add_command(check_attention)
 main.add_command(visualize)
+
+from gtaseg.cli.sweep import report, sweep  # noqa: E402
+
+main.add_command(sweep)
+main.add_command(report)

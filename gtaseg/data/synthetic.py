@@ -30,14 +30,14 @@ TAILS = ("fork", "fan", "spike", "round")
 MAX_SPOTS = 5
 MAX_CLASSES = MAX_SPOTS * len(TAILS)
 
-# Dice-pip layouts in body units (the body is an ellipse with semi-axes 1 x ~0.75); they stay clear of the rim
-# so a spot is never cut by the silhouette.
+# Dice-pip layouts in body units (the body is an ellipse with semi-axes 1 x ~0.72); they stay clear of the rim
+# and of the head so a spot is never cut.
 _SPOT_LAYOUTS = {
-    1: [(0.0, 0.0)],
-    2: [(-0.32, 0.2), (0.32, -0.2)],
-    3: [(-0.38, 0.24), (0.0, 0.0), (0.38, -0.24)],
-    4: [(-0.3, -0.24), (-0.3, 0.24), (0.3, -0.24), (0.3, 0.24)],
-    5: [(-0.36, -0.27), (-0.36, 0.27), (0.0, 0.0), (0.36, -0.27), (0.36, 0.27)],
+    1: [(-0.08, 0.0)],
+    2: [(-0.4, 0.2), (0.24, -0.2)],
+    3: [(-0.46, 0.24), (-0.08, 0.0), (0.3, -0.24)],
+    4: [(-0.38, -0.24), (-0.38, 0.24), (0.22, -0.24), (0.22, 0.24)],
+    5: [(-0.44, -0.27), (-0.44, 0.27), (-0.08, 0.0), (0.28, -0.27), (0.28, 0.27)],
 }
 _SPOT_RADIUS = 0.13
 _TAIL_ROOT = -0.88  # body-frame u where the tail leaves the body
@@ -187,14 +187,19 @@ def _write_split(cfg: SyntheticConfig, root: Path, split: str) -> list[list[int]
 
 
 def render(cfg: SyntheticConfig, label: int, family: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One image (H x W x 3 uint8) of class ``label`` on a background of tint ``family``, and its 0/1 mask."""
+    """One image (H x W x 3 uint8) of class ``label`` on a background of tint ``family``, and its 0/1 mask.
+
+    The label is used only after every other random draw, so the same ``rng`` state rendered with two labels
+    gives the same scene and critter, differing only in the spots and the tail: a controlled counterfactual.
+    """
     size = cfg.image_size
     tint = (family + rng.uniform(-0.2, 0.2)) / cfg.num_classes
     canvas = _background(cfg, tint, rng)
-    canvas, cover = _draw_critter(cfg, canvas, label, rng)
-    canvas = canvas + rng.normal(0.0, 0.015, canvas.shape)  # sensor noise, so no region is perfectly flat
+    noise = rng.normal(0.0, 0.015, canvas.shape)  # sensor noise, so no region is perfectly flat
+    canvas, coverage = _draw_critter(cfg, canvas, label, rng)
+    canvas = canvas + noise
     image = np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8)
-    mask = (cover >= 0.5).astype(np.uint8)
+    mask = (coverage >= 0.5).astype(np.uint8)
     assert image.shape[:2] == mask.shape == (size, size)
     return image, mask
 
@@ -305,10 +310,11 @@ def _draw_critter(cfg: SyntheticConfig, canvas: np.ndarray, label: int, rng: np.
     tail_len = rng.uniform(0.55, 0.7)
 
     # Placement: sample a target area and orientation, shrink only if the rotated outline cannot fit the frame.
+    a = np.linspace(0, 2 * np.pi, 48)
     outline = np.concatenate([
-        np.stack([np.cos(a := np.linspace(0, 2 * np.pi, 48)), width * np.sin(a)], 1),
+        np.stack([np.cos(a), width * np.sin(a)], 1),
         np.stack([head_x + head_r * np.cos(a), head_r * np.sin(a)], 1),
-        [[_TAIL_ROOT - tail_len - 0.1, -0.55], [_TAIL_ROOT - tail_len - 0.1, 0.55]],
+        [[_TAIL_ROOT - 1.25 * tail_len - 0.05, -0.6], [_TAIL_ROOT - 1.25 * tail_len - 0.05, 0.6]],  # any tail
     ])
     area_units = np.pi * width + 0.45 * np.pi * head_r**2 + 0.35 * tail_len  # body + visible head and tail
     scale = np.sqrt(rng.uniform(*cfg.object_area) * size * size / area_units)
@@ -336,7 +342,7 @@ def _draw_critter(cfg: SyntheticConfig, canvas: np.ndarray, label: int, rng: np.
     lx, ly, lz = _LIGHT / np.linalg.norm(_LIGHT)
     light = np.array([lx * np.cos(theta) + ly * np.sin(theta), flip * (-lx * np.sin(theta) + ly * np.cos(theta)), lz])
 
-    def dome(du: np.ndarray, dv: np.ndarray) -> np.ndarray:
+    def dome(du: np.ndarray, dv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lambert + specular shading of a dome whose rim is where du^2 + dv^2 = 1."""
         nz = np.sqrt(np.clip(1 - du**2 - dv**2, 0, 1))
         n = np.stack([du, dv, nz + 0.35]) / np.sqrt(du**2 + dv**2 + (nz + 0.35) ** 2)
@@ -368,10 +374,11 @@ def _draw_critter(cfg: SyntheticConfig, canvas: np.ndarray, label: int, rng: np.
     shade, spec = dome(u, v / width)
     skin = base * (shade * mottle)[..., None] + spec[..., None]
     out = paint(out, body, skin)
+    spot_sdf = np.full_like(u, np.inf)
     for su, sv in _SPOT_LAYOUTS[spots]:
-        su, sv = su + rng.uniform(-0.04, 0.04), sv * width / 0.75 + rng.uniform(-0.03, 0.03)
-        r = _SPOT_RADIUS * rng.uniform(0.9, 1.1)
-        out = paint(out, cover(np.hypot(u - su, v - sv) - r) * body, dark * shade[..., None] + spec[..., None])
+        su, sv = su + rng.uniform(-0.04, 0.04), sv * width / 0.72 + rng.uniform(-0.03, 0.03)
+        spot_sdf = np.minimum(spot_sdf, np.hypot(u - su, v - sv) - _SPOT_RADIUS * rng.uniform(0.9, 1.1))
+    out = paint(out, cover(spot_sdf) * body, dark * shade[..., None] + spec[..., None])
     shade, spec = dome((u - head_x) / head_r, v / head_r)
     out = paint(out, head, base * (0.92 * shade * mottle)[..., None] + spec[..., None])
     eye_u, eye_v = head_x + 0.45 * head_r, 0.35 * head_r

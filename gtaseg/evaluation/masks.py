@@ -41,7 +41,7 @@ def to_pixels(patch_values: Tensor, grid: tuple[int, int], patch_size: int) -> T
 
 def merged_mask(attention: Tensor, mass: float) -> Tensor:
     """[..., H, N] attention → [..., N] one mask of the head-averaged attention (the ``merged`` variant)."""
-    return mass_mask(attention.float().mean(dim=-2), mass)
+    return mass_mask(attention.double().mean(dim=-2), mass)
 
 
 def attention_map(attention: Tensor) -> Tensor:

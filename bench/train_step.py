@@ -1,0 +1,382 @@
+"""Train-step cost of GTA against plain fine-tuning, the frozen source's forward and a naive GTA.
+
+One process, one model, one fixed batch. Every timed round runs, in turn:
+
+* ``baseline``: ``Trainer.train_step`` of ``--method baseline`` (cross-entropy only);
+* ``gta``: ``Trainer.train_step`` of ``--method gta`` (this project's path: fused SDPA stays on, the [cls]
+  row of each block is computed from the qkv projection by a forward hook);
+* ``naive``: the same GTA trainer and step with fused attention turned off in target and source and the
+  full T×T pre-softmax map of every block computed and kept, as attention-visualisation code does;
+* ``source``: the frozen source's forward alone, under ``torch.inference_mode()``.
+
+The floor of any GTA is ``baseline + source``. Times are medians over ``--steps`` rounds after ``--warmup``
+rounds; the configurations are interleaved so that drift of the machine hits them all alike.
+
+Peak memory is measured in a separate child process per configuration (``ru_maxrss`` is per process and
+never goes down): the whole process's max RSS, that peak minus the RSS just before the first step (the
+step's working set) and, on a GPU, ``torch.cuda.max_memory_allocated``.
+
+CPU defaults (a few minutes on 2 cores)::
+
+    python bench/train_step.py --json bench/results-cpu.json
+
+GPU (bf16 autocast, fused SDPA, batch 256, torch.compile on and off)::
+
+    python bench/train_step.py --device cuda --batch-size 256 --steps 20 --warmup 5 --compile both \\
+        --eval-limit 328 --json bench/results-gpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+import gtaseg.attention as attention
+from gtaseg.train import TrainConfig, Trainer
+
+CONFIGS = ("baseline", "gta", "naive", "source")
+HORSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann-horses-voc"
+
+
+def make_folder(root: Path, classes: int) -> Path:
+    """The smallest ImageFolder a Trainer accepts: one image per class (the bench feeds its own batch)."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in range(classes):
+            d = root / split / f"c{c:03d}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (c, c, c)).save(d / "0.png")
+    return root
+
+
+def make_trainer(method: str, args, root: Path) -> Trainer:
+    cfg = TrainConfig(method=method, init=f"random:{args.arch}", data=str(root), image_size=args.image_size,
+                      batch_size=args.batch_size, accum_steps=1, steps=10**6, workers=0, device=args.device,
+                      blocks=None, seed=0, compile=args.compile_now)
+    return Trainer(cfg, root / f"run-{method}")
+
+
+def fixed_batch(args, classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
+    labels = torch.randint(0, classes, (args.batch_size,), generator=g)
+    return images.to(device), labels.to(device)
+
+
+@contextmanager
+def naive_attention(trainer: Trainer, kept: list):
+    """GTA the naive way, on the same trainer and step: fused attention off in target and source, and the
+    full pre-softmax T×T map of every block computed (q·kᵀ) and kept in ``kept``; the loss reads the [cls]
+    row of those maps, so the loss value is the same as the project's path."""
+    def full_map_row(attn, qkv):
+        B, T, _ = qkv.shape
+        q, k, _v = qkv.reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        full = (q * attn.scale) @ k.transpose(-2, -1)  # [B, H, T, T]
+        kept.append(full)
+        return full[:, :, 0, :]
+
+    modules = [b.attn for m in (trainer.model, trainer.source) for b in m.blocks]
+    fused = [a.fused_attn for a in modules]
+    original = attention._cls_row_logits
+    for a in modules:
+        a.fused_attn = False
+    attention._cls_row_logits = full_map_row
+    try:
+        yield
+    finally:
+        attention._cls_row_logits = original
+        for a, f in zip(modules, fused):
+            a.fused_attn = f
+
+
+def step_functions(args, root: Path, configs) -> tuple[dict, Trainer | None]:
+    """A zero-argument callable per configuration that runs one step (or one source forward)."""
+    device = torch.device(args.device)
+    trainers = {}
+    if "baseline" in configs:
+        trainers["baseline"] = make_trainer("baseline", args, root)
+    if {"gta", "naive", "source"} & set(configs):
+        trainers["gta"] = make_trainer("gta", args, root)
+    any_trainer = next(iter(trainers.values()))
+    images, labels = fixed_batch(args, len(any_trainer.classes), device)
+    batches = itertools.repeat((images, labels))
+    fns = {}
+    if "baseline" in configs:
+        fns["baseline"] = lambda: trainers["baseline"].train_step(batches)
+    if "gta" in configs:
+        fns["gta"] = lambda: trainers["gta"].train_step(batches)
+    if "naive" in configs:
+        kept: list = []
+
+        def naive():
+            kept.clear()
+            with naive_attention(trainers["gta"], kept):
+                return trainers["gta"].train_step(batches)
+        fns["naive"] = naive
+    if "source" in configs:
+        gta = trainers["gta"]
+
+        def source():
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                return gta.source_features(images) if hasattr(gta, "source_features") else gta.source.forward_features(images)
+        fns["source"] = source
+    return fns, trainers.get("gta")
+
+
+def sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rss_now_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def time_configs(args, configs) -> dict:
+    """Interleaved rounds of every configuration; per-configuration medians in seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fns, _ = step_functions(args, make_folder(Path(tmp), args.classes), configs)
+        times = {c: [] for c in configs}
+        for r in range(args.warmup + args.steps):
+            for c in configs:
+                sync(args.device)
+                t0 = time.perf_counter()
+                out = fns[c]()
+                if isinstance(out, dict):  # train_step's loss terms: make sure nothing is left queued
+                    out = {k: float(v) for k, v in out.items()}
+                sync(args.device)
+                if r >= args.warmup:
+                    times[c].append(time.perf_counter() - t0)
+            print(f"  round {r + 1}/{args.warmup + args.steps}: " + "  ".join(
+                f"{c} {(times[c][-1] if times[c] else float('nan')):.3f}s" for c in configs), file=sys.stderr)
+    return {c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "all_s": [round(x, 4) for x in v]}
+            for c, v in times.items()}
+
+
+def child_memory(args, config: str) -> dict:
+    """Run inside a fresh process: set up one configuration, then a few steps; report its peaks."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fns, _ = step_functions(args, make_folder(Path(tmp), args.classes), [config])
+        cuda = torch.device(args.device).type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before_gpu = torch.cuda.memory_allocated() / 2**20
+        before = rss_now_mb()
+        for _ in range(args.memory_steps):
+            out = fns[config]()
+            if isinstance(out, dict):
+                out = {k: float(v) for k, v in out.items()}
+        sync(args.device)
+        result = {"max_rss_mb": max_rss_mb(), "rss_before_steps_mb": before}
+        result["step_rss_mb"] = result["max_rss_mb"] - before
+        if cuda:
+            result["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            result["gpu_allocated_before_steps_mb"] = before_gpu
+        return result
+
+
+def measure_memory(args, configs) -> dict:
+    out = {}
+    for c in configs:
+        cmd = [sys.executable, __file__, "--child", c, *args.forward_argv]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"memory child {c} failed:\n{proc.stderr}")
+        out[c] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  memory {c}: " + ", ".join(f"{k} {v:.0f}" for k, v in out[c].items()), file=sys.stderr)
+    return out
+
+
+def eval_voc(args) -> dict:
+    """Images/s of the VOC evaluation on the real horse photos, when the evaluation subsystem is there."""
+    root = Path(args.voc_root)
+    try:
+        from gtaseg.cli import main as cli
+    except ImportError:  # pragma: no cover
+        cli = None
+    if cli is None or "eval-voc" not in cli.commands:
+        return {"todo": "TODO: `gtaseg eval-voc` is not in this checkout yet; eval-voc images/s not measured"}
+    if not (root / "ImageSets" / "Segmentation").is_dir():
+        return {"todo": f"TODO: {root} not found; eval-voc images/s not measured"}
+    from safetensors.torch import save_file  # noqa: F401  (the CLI reads a checkpoint file)
+
+    from gtaseg.models import load_model, save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, info = load_model(f"random:{args.arch}")
+        ckpt = Path(tmp) / "model.safetensors"
+        save_model(ckpt, model, info)
+        out = Path(tmp) / "eval"
+        cmd = [str(Path(sys.executable).with_name("gtaseg")), "eval-voc", "--model", str(ckpt), "--voc-root", str(root),
+               "--limit", str(args.eval_limit), "--device", args.device, "--out", str(out)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            return {"todo": f"TODO: eval-voc failed ({' '.join(cmd)}): {proc.stderr.strip()[-400:]}"}
+        found = {}
+        for f in sorted(out.rglob("*.json")):
+            try:
+                data = json.loads(f.read_text())
+            except ValueError:
+                continue
+            if isinstance(data, dict) and "images_per_second" in data:
+                found = {"images_per_second": data["images_per_second"], "images": data.get("images"),
+                         "seconds": data.get("seconds")}
+                break
+        return {"command": " ".join(cmd), "wall_s": round(wall, 2), "wall_images_per_s": round(args.eval_limit / wall, 3),
+                **found}
+
+
+def ratios(times: dict, memory: dict | None) -> dict:
+    med = {c: v["median_s"] for c, v in times.items()}
+    r = {}
+    if "baseline" in med:
+        for c in ("gta", "naive"):
+            if c in med:
+                r[f"{c}/baseline"] = med[c] / med["baseline"]
+        if "source" in med:
+            floor = med["baseline"] + med["source"]
+            r["floor_s"] = floor
+            r["floor/baseline"] = floor / med["baseline"]
+            for c in ("gta", "naive"):
+                if c in med:
+                    r[f"{c}/(baseline+source)"] = med[c] / floor
+    if memory and "baseline" in memory:
+        for key in ("max_rss_mb", "step_rss_mb", "gpu_max_allocated_mb"):
+            for c in ("gta", "naive"):
+                if c in memory and key in memory[c] and memory["baseline"].get(key):
+                    r[f"memory {key} {c}/baseline"] = memory[c][key] / memory["baseline"][key]
+            if "naive" in memory and "gta" in memory and key in memory["gta"] and memory["naive"].get(key):
+                r[f"memory {key} gta/naive"] = memory["gta"][key] / memory["naive"][key]
+    return {k: round(v, 4) for k, v in r.items()}
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="vit_small_patch16_224", help="timm ViT, randomly initialised")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--classes", type=int, default=100, help="classes of the new head")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: torch's]")
+    p.add_argument("--steps", type=int, default=10, help="timed rounds")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
+    p.add_argument("--memory", choices=("process", "none"), default="process",
+                   help="peak memory from one child process per configuration, or skip it")
+    p.add_argument("--memory-steps", type=int, default=3, help="steps each memory child runs")
+    p.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                   help="torch.compile target and source (both: measure off, then on)")
+    p.add_argument("--voc-root", default=str(HORSES), help="VOC-layout data for the eval-voc timing")
+    p.add_argument("--eval-limit", type=int, default=16, help="images for the eval-voc timing (0: skip)")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--compile-now", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child_memory(args, args.child)))
+        return {}
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        raise SystemExit(f"unknown --configs {sorted(unknown)}; choose from {CONFIGS}")
+    results = {"settings": {k: v for k, v in vars(args).items() if k not in ("child", "compile_now")},
+               "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                               "device": torch.cuda.get_device_name(torch.device(args.device))
+                               if torch.device(args.device).type == "cuda" else "cpu",
+                               "precision": "bf16 autocast" if torch.device(args.device).type == "cuda" else "fp32"},
+               "memory_method": "one child process per configuration: max_rss_mb = ru_maxrss of that process; "
+                                "step_rss_mb = that peak minus the RSS just before the first step; "
+                                "gpu_max_allocated_mb = torch.cuda.max_memory_allocated (GPU only)",
+               "runs": {}}
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    for compiled in modes:
+        name = "compiled" if compiled else "eager"
+        args.compile_now = compiled
+        run_configs = [c for c in configs if not (compiled and c == "naive")]  # naive is an eager reference
+        print(f"[{name}] timing {', '.join(run_configs)}", file=sys.stderr)
+        times = time_configs(args, run_configs)
+        memory = None
+        if args.memory == "process":
+            args.forward_argv = [a for a in argv if a != "--compile-now"] + (["--compile-now"] if compiled else [])
+            args.forward_argv = _without_option(args.forward_argv, "--compile")
+            memory = measure_memory(args, run_configs)
+        results["runs"][name] = {"times": times, "memory": memory, "ratios": ratios(times, memory)}
+    if args.eval_limit > 0:
+        results["eval_voc"] = eval_voc(args)
+    else:
+        results["eval_voc"] = {"todo": "skipped (--eval-limit 0)"}
+    report(results)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
+
+
+def report(results: dict) -> None:
+    env = results["environment"]
+    s = results["settings"]
+    print(f"\n{s['arch']} at {s['image_size']}, batch {s['batch_size']}, {env['device']} ({env['precision']}, "
+          f"{env['threads']} threads), median of {s['steps']} after {s['warmup']} warm-up")
+    for name, run in results["runs"].items():
+        print(f"\n[{name}]")
+        print(f"{'config':<10}{'median s':>10}{'img/s':>9}{'max RSS MB':>12}{'step RSS MB':>13}{'GPU peak MB':>13}")
+        for c, t in run["times"].items():
+            m = (run["memory"] or {}).get(c, {})
+            print(f"{c:<10}{t['median_s']:>10.4f}{s['batch_size'] / t['median_s']:>9.1f}"
+                  f"{m.get('max_rss_mb', float('nan')):>12.0f}{m.get('step_rss_mb', float('nan')):>13.0f}"
+                  f"{m.get('gpu_max_allocated_mb', float('nan')):>13.0f}")
+        for k, v in run["ratios"].items():
+            print(f"  {k}: {v}")
+    print(f"\neval-voc: {results['eval_voc']}")
+
+
+if __name__ == "__main__":
+    main()
