@@ -6,16 +6,19 @@ import copy
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gtaseg import distributed
 from gtaseg.attention import capture, resolve_blocks
 from gtaseg.data.dataset import ImageDataset, load_split
 from gtaseg.data.sampler import SeededStream
@@ -88,12 +91,27 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
+class TargetForward(nn.Module):
+    """The target's forward as one module returning (pre-logits features, logits), so that DDP and
+    torch.compile wrap all of it; the capture hooks sit on the inner model's blocks either way."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        return features, self.model.head(features)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path):
         self.cfg = cfg = resolve(cfg)
         self.out = Path(out)
         self.method = METHODS[cfg.method]
-        self.device = pick_device(cfg.device)
+        # Under torchrun (see gtaseg.distributed) each rank trains on its own shard of every global batch.
+        self.dist = distributed.current()
+        self.device = distributed.device_for(cfg.device, self.dist)
         torch.manual_seed(cfg.seed)
 
         train_split = load_split(cfg.data, "train", cfg.data_root, self._synthetic_root())
@@ -113,6 +131,18 @@ class Trainer:
             # random:<name> spec would draw other weights).
             self.source = copy.deepcopy(self.model) if cfg.source == cfg.init else load_model(cfg.source, arch=cfg.arch)[0]
             self.source.to(self.device).eval().requires_grad_(False)
+        # self.model stays the bare model (optimizer, saving, evaluation); the loss calls self.forward, which
+        # is DDP-wrapped across ranks and compiled with --compile. Every rank runs its own frozen source.
+        self.forward: nn.Module = TargetForward(self.model)
+        self.ddp = None
+        if self.dist.enabled:
+            self.forward = self.ddp = DistributedDataParallel(
+                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.source_features = None if self.source is None else self.source.forward_features
+        if cfg.compile:
+            self.forward = torch.compile(self.forward)
+            if self.source is not None:
+                self.source_features = torch.compile(self.source.forward_features)
         self.reference = None
         if cfg.method == "l2sp":
             self.reference = {n: p.detach().clone() for n, p in self.model.named_parameters()
@@ -136,7 +166,9 @@ class Trainer:
 
     def batches(self):
         """Micro-batches from the current position of the seeded stream, onwards forever."""
-        stream = SeededStream(len(self.train_set), self.cfg.seed, start=self.step * self.cfg.batch_size * self.cfg.accum_steps)
+        cfg, ctx = self.cfg, self.dist
+        stream = SeededStream(len(self.train_set), cfg.seed, start=self.step * cfg.batch_size * cfg.accum_steps * ctx.world_size,
+                              rank=ctx.rank, world_size=ctx.world_size)
         loader = DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=stream,
                             num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=self.cfg.workers > 0)
@@ -152,13 +184,14 @@ class Trainer:
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
             with capture(self.model, logit_blocks, block_outputs=self.guided if guide == "block" else (),
                          msa_outputs=self.guided if guide == "msa" else ()) as cap:
-                features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
-            logits = self.model.head(features)
+                features, logits = self.forward(images)
             if self.source is not None:
-                with torch.no_grad(), capture(self.source, self.guided if guide == "logits" else [],
+                # Inference mode: no autograd bookkeeping at all for the frozen source (its recorded tensors
+                # are only ever subtracted from the target's, which saves nothing of them for backward).
+                with torch.inference_mode(), capture(self.source, self.guided if guide == "logits" else [],
                                               block_outputs=self.guided if guide == "block" else (),
                                               msa_outputs=self.guided if guide == "msa" else ()) as src:
-                    self.source.forward_features(images)
+                    self.source_features(images)
         if mixed is not None:
             grid = tuple(s // self.info.patch_size for s in images.shape[-2:])
             targets = self.transmix.soft_targets(mixed, cap.cls_attention(self.last_block), grid)
@@ -184,11 +217,14 @@ class Trainer:
     def train_step(self, batches) -> dict[str, Tensor]:
         """One optimizer step over ``accum_steps`` micro-batches; returns the averaged loss terms."""
         totals: dict[str, Tensor] = {}
-        for _ in range(self.cfg.accum_steps):
+        for i in range(self.cfg.accum_steps):
             images, labels = next(batches)
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            loss, terms = self.loss(images, labels)
-            (loss / self.cfg.accum_steps).backward()
+            # Across ranks, gradients are averaged once per optimizer step: on the last micro-batch.
+            last = i == self.cfg.accum_steps - 1
+            with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
+                loss, terms = self.loss(images, labels)
+                (loss / self.cfg.accum_steps).backward()
             for k, v in {"loss": loss.detach(), **terms}.items():
                 totals[k] = totals.get(k, 0) + v / self.cfg.accum_steps
         self.optimizer.step()
@@ -200,8 +236,9 @@ class Trainer:
     def fit(self) -> None:
         cfg = self.cfg
         batches = self.batches()
-        images_per_step = cfg.batch_size * cfg.accum_steps
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", unit="step", dynamic_ncols=True)
+        images_per_step = cfg.batch_size * cfg.accum_steps * self.dist.world_size  # over all ranks
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", unit="step", dynamic_ncols=True,
+                   disable=not self.dist.is_main)
         sums: dict[str, Tensor] = {}
         count, t0 = 0, time.perf_counter()
         while self.step < cfg.steps:
@@ -210,11 +247,13 @@ class Trainer:
                 sums[k] = sums.get(k, 0) + v
             count += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                # One host sync per log interval, not per step.
-                row = {"step": self.step, "lr": lr, **{k: round(float(v) / count, 6) for k, v in sums.items()},
+                # One host sync (and, across ranks, one all-reduce) per log interval, not per step.
+                means = distributed.all_reduce_mean({k: v / count for k, v in sums.items()})
+                row = {"step": self.step, "lr": lr, **{k: round(float(v), 6) for k, v in means.items()},
                        "images_per_s": round(count * images_per_step / (time.perf_counter() - t0), 2)}
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                if self.dist.is_main:
+                    with open(self.out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(row) + "\n")
                 bar.set_postfix({k: row[k] for k in ("loss", "ce", "reg", "images_per_s")})
                 sums, count, t0 = {}, 0, time.perf_counter()
             bar.update(1)
@@ -233,21 +272,32 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, out: str | Path) -> dict:
-    """Run a whole training job into ``out`` and return what ``final.json`` holds."""
+    """Run a whole training job into ``out`` and return what ``final.json`` holds.
+
+    Under ``torchrun`` every rank calls this: they train together and only rank 0 writes files and
+    evaluates; every rank returns rank 0's ``final``."""
     out = Path(out)
+    created = distributed.setup(cfg.device)  # joins torchrun's ranks; a no-op in a single process
+    main = distributed.current().is_main
     if (out / "config.json").exists():
         raise GtasegError(f"{out}: already holds a run (config.json); choose another --out")
+    distributed.barrier()  # every rank has looked for an old run before rank 0 writes the new one
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, out)
     cfg = trainer.cfg
-    write_json(out / "config.json", asdict(cfg))
-    write_text(out / "train_files.txt", "".join(f"{p}\t{trainer.classes[y]}\n" for p, y in trainer.train_split.samples))
+    if main:
+        write_json(out / "config.json", asdict(cfg))
+        write_text(out / "train_files.txt", "".join(f"{p}\t{trainer.classes[y]}\n" for p, y in trainer.train_split.samples))
     trainer.fit()
-    save_model(out / "model.safetensors", trainer.model, trainer.info)
-    acc = trainer.evaluate()
-    final = {"top1": acc["top1"], "top5": acc["top5"], "method": cfg.method, "lam": cfg.lam,
-             "sampling_rate": cfg.sampling_rate, "seed": cfg.seed, "steps": trainer.step,
-             "transmix": cfg.transmix, "data": cfg.data, "train_images": len(trainer.train_split),
-             "test_images": acc["count"]}
-    write_json(out / "final.json", final)
+    final = None
+    if main:
+        save_model(out / "model.safetensors", trainer.model, trainer.info)
+        acc = trainer.evaluate()
+        final = {"top1": acc["top1"], "top5": acc["top5"], "method": cfg.method, "lam": cfg.lam,
+                 "sampling_rate": cfg.sampling_rate, "seed": cfg.seed, "steps": trainer.step,
+                 "transmix": cfg.transmix, "data": cfg.data, "train_images": len(trainer.train_split),
+                 "test_images": acc["count"], "world_size": trainer.dist.world_size}
+        write_json(out / "final.json", final)
+    final = distributed.broadcast_object(final)
+    distributed.cleanup(created)
     return final

@@ -65,19 +65,36 @@ class SyntheticConfig:
     clutter: int = 8
 
     def __post_init__(self) -> None:
+        # Values also arrive as CLI strings ("object_area=0.2,0.4"), YAML lists and ints for floats: normalise them
+        # so that equal configs share one cache key.
+        for name in ("num_classes", "train_per_class", "test_per_class", "image_size", "seed", "clutter"):
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise GtasegError(f"synthetic {name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, value)
+        area = self.object_area.split(",") if isinstance(self.object_area, str) else self.object_area
+        try:
+            object.__setattr__(self, "shortcut", float(self.shortcut))
+            object.__setattr__(self, "object_area", tuple(float(x) for x in area))
+        except (TypeError, ValueError) as e:
+            raise GtasegError(f"synthetic shortcut and object_area must be numbers ({e})") from e
+        if len(self.object_area) != 2:
+            raise GtasegError(f"synthetic object_area must be (low, high), got {self.object_area}")
         if not 2 <= self.num_classes <= MAX_CLASSES:
             raise GtasegError(f"synthetic num_classes must be in [2, {MAX_CLASSES}], got {self.num_classes}")
         if self.train_per_class < 1 or self.test_per_class < 1:
             raise GtasegError("synthetic train_per_class and test_per_class must be at least 1")
         if self.image_size < 48:
-            raise GtasegError(f"synthetic image_size must be at least 48 (the spots vanish below), got {self.image_size}")
+            raise GtasegError(f"synthetic image_size must be >= 48 (the spots vanish below), got {self.image_size}")
         if not 0.0 <= self.shortcut <= 1.0:
             raise GtasegError(f"synthetic shortcut must be a probability, got {self.shortcut}")
         lo, hi = self.object_area
         if not 0.02 <= lo <= hi <= 0.6:
             raise GtasegError(f"synthetic object_area must satisfy 0.02 <= low <= high <= 0.6, got {self.object_area}")
-        if self.clutter < 0:
-            raise GtasegError(f"synthetic clutter must be >= 0, got {self.clutter}")
+        if self.clutter < 0 or self.seed < 0:
+            raise GtasegError(f"synthetic clutter and seed must be >= 0, got {self.clutter} and {self.seed}")
 
     @property
     def classes(self) -> list[str]:
@@ -192,16 +209,11 @@ def render(cfg: SyntheticConfig, label: int, family: int, rng: np.random.Generat
     The label is used only after every other random draw, so the same ``rng`` state rendered with two labels
     gives the same scene and critter, differing only in the spots and the tail: a controlled counterfactual.
     """
-    size = cfg.image_size
     tint = (family + rng.uniform(-0.2, 0.2)) / cfg.num_classes
     canvas = _background(cfg, tint, rng)
     noise = rng.normal(0.0, 0.015, canvas.shape)  # sensor noise, so no region is perfectly flat
     canvas, coverage = _draw_critter(cfg, canvas, label, rng)
-    canvas = canvas + noise
-    image = np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8)
-    mask = (coverage >= 0.5).astype(np.uint8)
-    assert image.shape[:2] == mask.shape == (size, size)
-    return image, mask
+    return np.clip((canvas + noise) * 255 + 0.5, 0, 255).astype(np.uint8), (coverage >= 0.5).astype(np.uint8)
 
 
 def _hsv(h: np.ndarray | float, s: np.ndarray | float, v: np.ndarray | float) -> np.ndarray:
@@ -359,9 +371,10 @@ def _draw_critter(cfg: SyntheticConfig, canvas: np.ndarray, label: int, rng: np.
     tail_part = cover(_tail_sdf(tail, _TAIL_ROOT - u, v, tail_len))
     silhouette = np.maximum.reduce([body, head, tail_part])
 
-    # A soft drop shadow away from the light grounds the critter in the scene.
-    offset = np.round(-_LIGHT[:2] / np.abs(_LIGHT[:2]).max() * 0.06 * scale).astype(int)
-    shadow = np.roll(silhouette, tuple(offset[::-1]), axis=(0, 1))
+    # A soft drop shadow, cast down-right (away from the light), grounds the critter in the scene.
+    dx, dy = np.round(-_LIGHT[:2] / np.abs(_LIGHT[:2]).max() * 0.06 * scale).astype(int)
+    shadow = np.zeros_like(silhouette)
+    shadow[dy:, dx:] = silhouette[: size - dy, : size - dx]
     shadow = Image.fromarray((shadow * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(float(0.05 * scale)))
     shadow = np.asarray(shadow, dtype=np.float64) / 255
     out = canvas * (1 - 0.45 * shadow[..., None])

@@ -113,7 +113,9 @@ def predict(model: nn.Module, info: ModelInfo, samples: Sequence[SegSample], set
     loader = DataLoader(SegmentationDataset(samples, geometry, info.mean, info.std), batch_size=batch_size,
                         num_workers=workers, pin_memory=dev.type == "cuda")
     model = model.eval().to(dev)
-    with torch.inference_mode(), tqdm(total=len(samples), unit="img", desc="eval", disable=not progress) as bar:
+    # disable=None: a bar on a terminal, none in logs and CI output.
+    bar = tqdm(total=len(samples), unit="img", desc="eval", disable=None if progress else True)
+    with torch.inference_mode(), bar:
         for images, labels, indices, (heights, widths) in loader:
             attention = cls_attention(model, images.to(dev, non_blocking=True), settings.block)  # [B, H, N]
             heads = mass_mask(attention, settings.mass).cpu() if settings.best else None
