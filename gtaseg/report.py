@@ -259,8 +259,8 @@ def build_tables(runs: list[Run], labels: dict[str, dict[str, str]]) -> tuple[li
     def src(s: str) -> str:
         return source_label(s, labels)
 
-    def rows_for(ms, tms=(False,), label=lambda m, s, tm: [m]) -> list[Row]:
-        return [Row(label(m, s, tm), (m, s, tm)) for s in sources for m in ms for tm in tms
+    def rows_for(ms, tms=(False,), label=lambda m, s, tm: [m], among=sources) -> list[Row]:
+        return [Row(label(m, s, tm), (m, s, tm)) for s in among for m in ms for tm in tms
                 if any(k[:3] == (m, s, tm) for k in cells)]
 
     main = [m for m in methods if m not in ("guide-block", "guide-msa")]
@@ -270,14 +270,19 @@ def build_tables(runs: list[Run], labels: dict[str, dict[str, str]]) -> tuple[li
             tables.append(Table("table2", "Table 2: top-1 accuracy (%) by method, dataset and sampling rate",
                                 ["Method"], rows, cells, datasets, rates))
     if {"guide-block", "guide-msa"} & set(methods):
-        rows = rows_for([m for m in GUIDE_TARGETS if m in methods],
-                        label=lambda m, s, tm: [GUIDE_TARGETS[m] + (f" [{src(s)}]" if multi_source else "")])
+        # Only the sources that have block/MSA guidance runs: the comparison is within a source.
+        among = [s for s in sources if any(k[0] in ("guide-block", "guide-msa") and k[1] == s for k in cells)]
+        rows = rows_for([m for m in GUIDE_TARGETS if m in methods], among=among,
+                        label=lambda m, s, tm: [GUIDE_TARGETS[m] + (f" [{src(s)}]" if len(among) > 1 else "")])
         tables.append(Table("table3", "Table 3: guidance target (what is pulled towards the source)",
                             ["Guidance target"], rows, cells, datasets, rates))
     with_tm = [m for m in methods if any(k[0] == m and k[2] for k in cells)]
     if with_tm:
-        rows = rows_for(with_tm, tms=(False, True),
-                        label=lambda m, s, tm: [m + (f" [{src(s)}]" if multi_source else ""), "✓" if tm else "✗"])
+        among = [s for s in sources if any(k[1] == s and k[2] for k in cells)]
+        rows = [r for r in rows_for(with_tm, tms=(False, True), among=among,
+                                    label=lambda m, s, tm: [m + (f" [{src(s)}]" if len(among) > 1 else ""),
+                                                            "✓" if tm else "✗"])
+                if any(k[:3] == (r.key[0], r.key[1], True) for k in cells)]
         tables.append(Table("table5", "Table 5: with and without TransMix", ["Method", "TransMix"], rows, cells,
                             datasets, rates))
     if multi_source:
@@ -408,7 +413,8 @@ def figure4_curves(runs: list[Run]) -> tuple[list[Curve], dict[tuple, float]]:
         stats = [mean_std(by_lam[lam]) for lam in lams]
         curves.append(Curve(dataset, method, source, rate, lams, [m for m, _ in stats], [s for _, s in stats],
                             [len(by_lam[lam]) for lam in lams]))
-    curves.sort(key=lambda c: (dataset_order({x.dataset for x in curves}).index(c.dataset), c.method, c.source, c.rate))
+    order = dataset_order({c.dataset for c in curves})
+    curves.sort(key=lambda c: (order.index(c.dataset), c.method, c.source, c.rate))
     return curves, {k: mean_std(v)[0] for k, v in base.items()}
 
 
@@ -425,14 +431,18 @@ def figure4_png(curves: list[Curve], baselines: dict[tuple, float], path: str | 
     fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     colors = {rate: f"C{i}" for i, rate in enumerate(rates)}
-    markers = "osD^v<>p*h"
-    styles = {ms: markers[i % len(markers)] for i, ms in enumerate(sorted({(c.method, c.source) for c in curves}))}
+    markers, lines = "osD^v<>p*h", ("-", ":", "-.", (0, (5, 1)))
+    styles = {ms: (markers[i % len(markers)], lines[i % len(lines)])
+              for i, ms in enumerate(sorted({(c.method, c.source) for c in curves}))}
+    legend: dict[str, tuple] = {}  # label → (sort key, handle): one legend for all panels
     for i, dataset in enumerate(datasets):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         for c in (c for c in curves if c.dataset == dataset):
             name = rate_header(c.rate) + (f" {c.method} [{source_label(c.source, labels)}]" if multi else "")
-            ax.errorbar(c.lams, c.means, yerr=c.stds, color=colors[c.rate], marker=styles[(c.method, c.source)],
-                        capsize=3, label=name)
+            marker, line = styles[(c.method, c.source)]
+            handle = ax.errorbar(c.lams, c.means, yerr=c.stds, color=colors[c.rate], marker=marker, linestyle=line,
+                                 capsize=3, label=name)
+            legend.setdefault(name, ((c.method, c.source, c.rate), handle))
             b = baselines.get((dataset, c.source, c.rate))
             if b is not None:
                 ax.axhline(b, color=colors[c.rate], linestyle="--", linewidth=1, alpha=0.7)
@@ -444,10 +454,12 @@ def figure4_png(curves: list[Curve], baselines: dict[tuple, float], path: str | 
         ax.set_xlabel("λ")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, title="sampling rate" if not multi else None, title_fontsize=8)
+    order = sorted(legend, key=lambda n: legend[n][0])
+    fig.legend([legend[n][1] for n in order], order, loc="outside lower center", fontsize=8,
+               ncol=min(len(order), 4), title="sampling rate", title_fontsize=8)
     method_names = ", ".join(sorted({c.method for c in curves}))
-    fig.suptitle(f"Figure 4: top-1 accuracy against λ ({method_names}; dashed: baseline; bars: ± std over seeds)",
-                 fontsize=10)
+    fig.suptitle(f"Figure 4: top-1 accuracy against λ ({method_names})\n"
+                 "dashed: baseline at the same rate; bars: ± std over seeds", fontsize=9)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 

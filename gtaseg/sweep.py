@@ -8,7 +8,7 @@ A sweep config (YAML or JSON) holds::
     grid: {field: [values, ...], ...}        # or a list of such grids, whose jobs are joined
     labels: {field: {value: "display name"}} # optional; how ``gtaseg report`` names e.g. a source file
 
-Each job is ``base`` plus one point of the grid. A grid key is a :class:`~gtaseg.train.TrainConfig` field or
+Each job is ``base`` plus one point of the grid (a grid value overrides ``base``). A grid key is a :class:`~gtaseg.train.TrainConfig` field or
 ``lam_factor``: λ as a multiple of the method's default α (the paper's 0.1α, α, 10α). Methods without a λ
 (α = 0: baseline, attn-only, ffn-only) ignore ``lam`` and ``lam_factor``, so they run once per remaining point.
 
@@ -143,8 +143,6 @@ def parse_config(raw: dict, name: str = "sweep", where: str = "sweep config") ->
         for key, values in grid.items():
             if key not in fields and key != LAM_FACTOR:
                 raise GtasegError(f"{at}.{key} is not a training option (nor {LAM_FACTOR}); known: {', '.join(fields)}")
-            if key in base:
-                raise GtasegError(f"{at}.{key} is also in base; keep it in one place")
             if not isinstance(values, list) or not values:
                 raise GtasegError(f"{at}.{key} must be a non-empty list of values")
             out[key] = [_coerce(key, v, fields, f"{at}.{key}") for v in values]
@@ -164,6 +162,8 @@ def parse_config(raw: dict, name: str = "sweep", where: str = "sweep config") ->
 def _coerce(key: str, value, fields: dict[str, str], where: str):
     """YAML 1.1 reads ``1e-4`` as a string; turn numeric strings of numeric fields into numbers."""
     kind = "float" if key == LAM_FACTOR else fields.get(key, "")
+    if "float" in kind and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # λ 1 and λ 1.0 are one job
     if isinstance(value, str) and ("float" in kind or "int" in kind):
         try:
             return int(value) if "int" in kind and "float" not in kind else float(value)
@@ -186,7 +186,7 @@ def expand(config: SweepConfig) -> list[Job]:
             seen = jobs.get(job.name)
             if seen is None:
                 jobs[job.name] = job
-            elif _canon(seen.config) != _canon(job.config):
+            elif effective(seen.config) != effective(job.config):
                 raise GtasegError(f"two different jobs would share the run name {job.name!r} "
                                   f"({seen.point} and {job.point}); make the grid values distinguishable")
     return list(jobs.values())
@@ -203,6 +203,8 @@ def make_job(cfg: dict, point: dict, grid_keys: list[str]) -> Job:
         cfg.pop("lam", None)  # nothing to weigh: one run, whatever λ the grid lists
     elif factor is not None:
         cfg["lam"] = round_lam(float(factor) * alpha)
+    elif cfg.get("lam") is None:
+        cfg["lam"] = alpha  # spelled out, so a job is the same whether its λ was given or defaulted
     return Job(run_name(cfg, grid_keys), cfg, point)
 
 
@@ -254,10 +256,14 @@ def slug(value) -> str:
         text = str(value)
         if "/" in text or os.sep in text:
             text = Path(text).name
-            for suffix in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
-                if text.endswith(suffix):
-                    text = text[: -len(suffix)]
+        for suffix in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
+            text = text.removesuffix(suffix)
     return re.sub(r"[^A-Za-z0-9.,=+-]+", "-", text).strip("-") or "x"
+
+
+def effective(cfg: dict) -> str:
+    """A canonical spelling of a job's settings, leaving out those equal to TrainConfig's default."""
+    return _canon({k: v for k, v in cfg.items() if _canon(v) != _canon(train_default(k))})
 
 
 def _canon(obj) -> str:

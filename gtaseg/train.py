@@ -19,12 +19,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gtaseg import distributed
-from gtaseg.attention import capture, resolve_blocks
-from gtaseg.data.dataset import ImageDataset, load_split
+from gtaseg.attention import capture, cls_logits, resolve_blocks
+from gtaseg.checkpointing import (CHECKPOINT, FiniteGuard, Interrupted, StopSignals, non_finite_loss, prepare_resume,
+                                  save_state, set_rng_state, trainer_state)
+from gtaseg.data.dataset import BadImage, ImageDataset, check_classes, collate_marked, load_split
 from gtaseg.data.sampler import SeededStream
 from gtaseg.data.sampling import stratified_subset
 from gtaseg.data.transforms import eval_transform, train_transform
-from gtaseg.errors import GtasegError
+from gtaseg.errors import DataError, GtasegError
 from gtaseg.io import write_json, write_text
 from gtaseg.methods import METHODS
 from gtaseg.models import ModelInfo, load_model, save_model
@@ -61,6 +63,8 @@ class TrainConfig:
     log_every: int = 10
     synthetic: dict = field(default_factory=dict)
     compile: bool = False  # torch.compile the target's and the source's forward
+    ckpt_every: int = 500  # steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)
+    on_bad_image: str = "stop"  # an unreadable image file: stop with its name, or skip it and count it
 
 
 # The paper's recipe (ViT-S, 3k iterations, effective batch 768 at 224), and a preset for the embedded
@@ -68,9 +72,13 @@ class TrainConfig:
 PRESETS = {
     "paper": dict(steps=3000, batch_size=256, accum_steps=3, image_size=224, crop_scale=(0.08, 1.0),
                   eval_crop_pct=0.875, workers=8),
-    "synthetic": dict(steps=100, batch_size=32, accum_steps=1, image_size=112, crop_scale=(0.5, 1.0),
+    "synthetic": dict(steps=50, batch_size=32, accum_steps=1, image_size=112, crop_scale=(0.5, 1.0),
                       eval_crop_pct=1.0, workers=2),
 }
+
+
+# Test images on which the [cls]-logit drift from the initial weights is logged during training.
+PROBE_IMAGES = 16
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -84,6 +92,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         cfg.lam = METHODS[cfg.method].default_lam
     cfg.source = cfg.source or cfg.init
     cfg.crop_scale = tuple(cfg.crop_scale)
+    if cfg.on_bad_image not in ("stop", "skip"):
+        raise GtasegError(f"--on-bad-image {cfg.on_bad_image!r}: choose stop or skip")
     return cfg
 
 
@@ -117,6 +127,7 @@ class Trainer:
         train_split = load_split(cfg.data, "train", cfg.data_root, self._synthetic_root())
         self.train_split = stratified_subset(train_split, cfg.sampling_rate, cfg.seed)
         self.classes = train_split.classes
+        check_classes(self.train_split, cfg.data, cfg.sampling_rate)
 
         self.model, info = load_model(cfg.init, arch=cfg.arch, num_classes=len(self.classes))
         self.info = ModelInfo(**{**asdict(info), "classes": self.classes})
@@ -154,8 +165,83 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
         self.step = 0
+        # Resumable state beyond the modules (see gtaseg.checkpointing): unreadable files met so far
+        # (path -> reason), the partial sums of the current metrics interval, the last checkpoint's step,
+        # and global RNG states that fit() restores once its data loader exists.
+        self.skipped: dict[str, str] = {}
+        self.log_sums: dict[str, Tensor] = {}
+        self.log_count = 0
+        self.checkpoint_step: int | None = None
+        self.pending_rng: dict | None = None
         self.train_set = ImageDataset(self.train_split, train_transform(
-            cfg.image_size, self.info.mean, self.info.std, cfg.crop_scale, cfg.randaugment))
+            cfg.image_size, self.info.mean, self.info.std, cfg.crop_scale, cfg.randaugment), mark_bad=True)
+        self.test_split = load_split(cfg.data, "test", cfg.data_root, self._synthetic_root())
+        self.probe_images, self.probe_logits = self._probe()
+
+    def _eval_set(self, split) -> ImageDataset:
+        return ImageDataset(split, eval_transform(self.cfg.image_size, self.info.mean, self.info.std, self.cfg.eval_crop_pct),
+                            mark_bad=True)
+
+    def _bad_images(self, bad: list[BadImage]) -> None:
+        """--on-bad-image: stop at the first unreadable file (one line naming it), or skip and count it."""
+        for b in bad:
+            if self.cfg.on_bad_image == "stop":
+                raise DataError(f"{b.reason} (--on-bad-image skip leaves such files out)")
+            if b.path not in self.skipped:
+                self.skipped[b.path] = b.reason
+                tqdm.write(f"skipping {b.reason}")
+
+    def _readable(self, batches, size: int):
+        """The (images, labels) of ``collate_marked`` batches, after :meth:`_bad_images`; empty ones dropped."""
+        empty = 0
+        for images, labels, bad in batches:
+            self._bad_images(bad)
+            if labels is not None:
+                empty = 0
+                yield images, labels
+                continue
+            empty += 1
+            if empty * self.cfg.batch_size >= 2 * size:  # two epochs' worth of positions: nothing is readable
+                raise DataError(f"{self.cfg.data}: none of the {size} images could be read")
+
+    @torch.inference_mode()
+    def _probe(self) -> tuple[Tensor, Tensor]:
+        """A fixed batch of test images and the initial weights' [cls] logits on it, which
+        :meth:`attention_drift` compares against: drift is measured the same way for every method."""
+        n = len(self.test_split)
+        picks = sorted({round(i * (n - 1) / max(PROBE_IMAGES - 1, 1)) for i in range(min(PROBE_IMAGES, n))})
+        data = self._eval_set(self.test_split.subset(picks))
+        items = [data[i] for i in range(len(data))]
+        self._bad_images([x for x in items if isinstance(x, BadImage)])
+        images = torch.stack([x[0] for x in items if not isinstance(x, BadImage)]).to(self.device)
+        self.model.eval()
+        logits = cls_logits(self.model, images)
+        self.model.train()
+        return images, logits
+
+    @torch.inference_mode()
+    def attention_drift(self) -> float:
+        """Σ_{blocks,heads}‖A − A₀‖² between the current and the initial [cls] logits, mean over the probe."""
+        self.model.eval()
+        drift = guidance_l2(cls_logits(self.model, self.probe_images), self.probe_logits)
+        self.model.train()
+        return float(drift)
+
+    def attention_quality(self) -> dict[str, float | None]:
+        """Drift, and the Jaccard of the last block's [cls] attention on the test masks when there are any."""
+        from gtaseg.data.finegrained import DATASETS
+        from gtaseg.evaluation.runner import Settings, evaluate as evaluate_masks
+        from gtaseg.evaluation.split_masks import mask_samples
+
+        out = {"drift": self.attention_drift(), "jaccard_best": None, "jaccard_merged": None}
+        samples = mask_samples(self.test_split, self.cfg.data if self.cfg.data in DATASETS else None)
+        samples = [s for s in samples if str(s.image) not in self.skipped]  # --on-bad-image skip
+        if samples:
+            result = evaluate_masks(self.model, self.info, samples, Settings(image_size=self.cfg.image_size),
+                                    batch_size=self.cfg.batch_size, workers=self.cfg.workers,
+                                    device=str(self.device), progress=False)
+            out.update(jaccard_best=result.jaccard_best, jaccard_merged=result.jaccard_merged)
+        return out
 
     def _synthetic_root(self) -> Path | None:
         if self.cfg.data != "synthetic":
@@ -171,8 +257,8 @@ class Trainer:
                               rank=ctx.rank, world_size=ctx.world_size)
         loader = DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=stream,
                             num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=self.cfg.workers > 0)
-        return iter(loader)
+                            persistent_workers=self.cfg.workers > 0, collate_fn=collate_marked)
+        return self._readable(iter(loader), len(self.train_set))  # iter() now: it draws from torch's RNG
 
     def loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy plus λ·(the method's term) for one micro-batch; both models run forward once."""
@@ -233,59 +319,107 @@ class Trainer:
         self.step += 1
         return totals
 
+    def save_checkpoint(self) -> None:
+        """The whole training state, atomically, into ``out/checkpoint.pt`` (rank 0 writes it)."""
+        # The partial metrics sums become their mean over ranks: every rank resumes from that, and the
+        # interval's row (a mean over ranks) comes out as if the run had not stopped.
+        self.log_sums = distributed.all_reduce_mean(self.log_sums) if self.dist.enabled else self.log_sums
+        if self.dist.is_main:
+            save_state(self.out / CHECKPOINT, trainer_state(self))
+        self.checkpoint_step = self.step
+
+    def _any_rank(self, flag: bool) -> bool:
+        """``flag`` on any rank (one collective under torchrun, nothing otherwise)."""
+        if not self.dist.enabled:
+            return flag
+        return float(distributed.all_reduce_mean({"flag": float(flag)})["flag"]) > 0
+
     def fit(self) -> None:
         cfg = self.cfg
         batches = self.batches()
+        if self.pending_rng is not None:
+            # Restored only now: building the loader drew from torch's RNG, as it did in the first run.
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
         images_per_step = cfg.batch_size * cfg.accum_steps * self.dist.world_size  # over all ranks
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", unit="step", dynamic_ncols=True,
                    disable=not self.dist.is_main)
-        sums: dict[str, Tensor] = {}
-        count, t0 = 0, time.perf_counter()
+        try:
+            with StopSignals() as stop:  # SIGINT/SIGTERM: finish the step, write a checkpoint, stop
+                self._loop(batches, bar, FiniteGuard(), stop, images_per_step)
+        finally:
+            bar.close()
+
+    def _check_finite(self, guard: FiniteGuard) -> None:
+        """Stop if a loss since the start was NaN/inf (on any rank); one host sync, so only where the loop
+        syncs anyway: before a metrics row or a checkpoint is written."""
+        bad = guard.bad_step()
+        if self._any_rank(bad > 0):
+            raise non_finite_loss(self.out, bad or self.step, self.checkpoint_step)
+
+    def _loop(self, batches, bar, guard: FiniteGuard, stop: StopSignals, images_per_step: int) -> None:
+        cfg, t0 = self.cfg, time.perf_counter()
         while self.step < cfg.steps:
             lr = self.scheduler.get_last_lr()[0]
-            for k, v in self.train_step(batches).items():
-                sums[k] = sums.get(k, 0) + v
-            count += 1
+            terms = self.train_step(batches)
+            guard.update(terms["loss"], self.step)
+            for k, v in terms.items():
+                self.log_sums[k] = self.log_sums.get(k, 0) + v
+            self.log_count += 1
+            sums, count = self.log_sums, self.log_count
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self._check_finite(guard)
                 # One host sync (and, across ranks, one all-reduce) per log interval, not per step.
                 means = distributed.all_reduce_mean({k: v / count for k, v in sums.items()})
                 row = {"step": self.step, "lr": lr, **{k: round(float(v), 6) for k, v in means.items()},
                        "images_per_s": round(count * images_per_step / (time.perf_counter() - t0), 2)}
                 if self.dist.is_main:
+                    row["drift"] = round(self.attention_drift(), 6)
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(row) + "\n")
                 bar.set_postfix({k: row[k] for k in ("loss", "ce", "reg", "images_per_s")})
-                sums, count, t0 = {}, 0, time.perf_counter()
+                self.log_sums, self.log_count, t0 = {}, 0, time.perf_counter()
+            stopping = self._any_rank(stop.signum is not None)
+            if stopping or self.step == cfg.steps or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
+                self._check_finite(guard)  # never overwrite the last good checkpoint
+                self.save_checkpoint()
+            if stopping:
+                raise Interrupted(stop.signum or 15, self.step, self.out)
             bar.update(1)
-        bar.close()
 
     @torch.inference_mode()
     def evaluate(self, split: str = "test") -> dict[str, float]:
         cfg = self.cfg
-        test = load_split(cfg.data, split, cfg.data_root, self._synthetic_root())
-        data = ImageDataset(test, eval_transform(cfg.image_size, self.info.mean, self.info.std, cfg.eval_crop_pct))
-        loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        test = self.test_split if split == "test" else load_split(cfg.data, split, cfg.data_root, self._synthetic_root())
+        data = self._eval_set(test)
+        loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                            collate_fn=collate_marked)
         from gtaseg.evaluation.accuracy import topk_accuracy
 
         self.model.eval()
-        return topk_accuracy(self.model, loader, self.device, desc=f"eval {split}")
+        return topk_accuracy(self.model, self._readable(loader, len(data)), self.device, desc=f"eval {split}")
 
 
-def train(cfg: TrainConfig, out: str | Path) -> dict:
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     """Run a whole training job into ``out`` and return what ``final.json`` holds.
+
+    ``resume``: ``out`` holds a run started with ``cfg`` (read it with
+    :func:`gtaseg.checkpointing.resumed_config`); it continues from its last checkpoint.
 
     Under ``torchrun`` every rank calls this: they train together and only rank 0 writes files and
     evaluates; every rank returns rank 0's ``final``."""
     out = Path(out)
     created = distributed.setup(cfg.device)  # joins torchrun's ranks; a no-op in a single process
     main = distributed.current().is_main
-    if (out / "config.json").exists():
-        raise GtasegError(f"{out}: already holds a run (config.json); choose another --out")
+    if (out / "config.json").exists() and not resume:
+        raise GtasegError(f"{out}: already holds a run (config.json); choose another --out, or --resume {out}")
     distributed.barrier()  # every rank has looked for an old run before rank 0 writes the new one
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, out)
     cfg = trainer.cfg
-    if main:
+    if resume:
+        prepare_resume(trainer, out, write=main)
+    elif main:
         write_json(out / "config.json", asdict(cfg))
         write_text(out / "train_files.txt", "".join(f"{p}\t{trainer.classes[y]}\n" for p, y in trainer.train_split.samples))
     trainer.fit()
@@ -296,7 +430,10 @@ def train(cfg: TrainConfig, out: str | Path) -> dict:
         final = {"top1": acc["top1"], "top5": acc["top5"], "method": cfg.method, "lam": cfg.lam,
                  "sampling_rate": cfg.sampling_rate, "seed": cfg.seed, "steps": trainer.step,
                  "transmix": cfg.transmix, "data": cfg.data, "train_images": len(trainer.train_split),
-                 "test_images": acc["count"], "world_size": trainer.dist.world_size}
+                 "test_images": acc["count"], "world_size": trainer.dist.world_size, **trainer.attention_quality(),
+                 "skipped_images": len(trainer.skipped)}
+        if trainer.skipped:
+            write_text(out / "skipped_images.txt", "".join(f"{r}\n" for r in trainer.skipped.values()))
         write_json(out / "final.json", final)
     final = distributed.broadcast_object(final)
     distributed.cleanup(created)

@@ -6,7 +6,7 @@ import sys
 import click
 
 from gtaseg import __version__
-from gtaseg.errors import GtasegError
+from gtaseg.errors import GtasegError, one_line
 
 
 class _Group(click.Group):
@@ -18,7 +18,7 @@ class _Group(click.Group):
         except GtasegError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {one_line(e)}", err=True)
             sys.exit(1)
 
 

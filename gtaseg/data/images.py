@@ -27,5 +27,5 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
             return img.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

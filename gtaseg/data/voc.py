@@ -12,6 +12,8 @@ from PIL import Image, UnidentifiedImageError
 from gtaseg.errors import DataError
 
 _LABEL_MODES = ("P", "L")  # palette (VOC's own) or plain 8-bit class ids
+NUM_CLASSES = 21  # background and VOC's 20 object classes: label values 0..20, and 255 for void
+VOID = 255
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,17 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
             if img.mode not in _LABEL_MODES:
                 raise DataError(f"{path}: label PNG has mode {img.mode}; expected a palette or 8-bit "
                                 f"grayscale PNG of class ids")
-            return np.array(img, dtype=np.uint8)
+            labels = np.array(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: label PNG not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable label PNG ({type(e).__name__})") from None
+    outside = np.unique(labels[(labels >= NUM_CLASSES) & (labels != VOID)])
+    if outside.size:
+        shown = ", ".join(str(v) for v in outside[:5]) + (", ..." if outside.size > 5 else "")
+        raise DataError(f"{path}: label values {shown} are outside the dataset's classes "
+                        f"(0..{NUM_CLASSES - 1}, {VOID} void)")
+    return labels
 
 
 def _size(path: Path, what: str) -> tuple[int, int]:

@@ -36,8 +36,6 @@ class Settings:
     def __post_init__(self) -> None:
         if self.heads not in HEADS:
             raise ValueError(f"heads must be one of {HEADS}, got {self.heads!r}")
-        if not 0.0 < self.mass <= 1.0:
-            raise ValueError(f"mass must be in (0, 1], got {self.mass}")
 
     @property
     def best(self) -> bool:

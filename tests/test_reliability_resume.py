@@ -1,0 +1,189 @@
+"""Interrupted runs lose nothing: a real signal to a real ``gtaseg train`` process, then ``--resume``, ends
+with the weights and metrics of a run that was never stopped; a non-finite loss stops the run and keeps the
+last good checkpoint."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from gtaseg.checkpointing import CHECKPOINT, load_state
+from gtaseg.cli import main
+from gtaseg.train import Trainer
+from tests.conftest import TINY_TRAIN
+
+GTASEG = [sys.executable, "-c", "from gtaseg.cli import main; main(prog_name='gtaseg')"]
+# One thread everywhere: the interrupted, resumed and reference processes do the same arithmetic.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+STEPS = 24
+# TransMix draws from its own numpy Generator, so its state has to survive the restart too; --log-every 3
+# makes the stop fall inside a metrics interval most of the time (its partial sums are resumed as well).
+RUN = [*TINY_TRAIN, "--accum-steps", "1", "--steps", str(STEPS), "--log-every", "3", "--transmix"]
+
+
+def start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*GTASEG, "train", "--data", str(data), *RUN, "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    stdout, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stdout, stderr
+
+
+def resume(out: Path, *extra: str) -> tuple[int, str, str]:
+    proc = subprocess.run([*GTASEG, "train", "--resume", str(out), *extra], capture_output=True, text=True,
+                          env=ENV, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def metrics(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("images_per_s")  # wall-clock
+    return rows
+
+
+def wait_for_rows(proc: subprocess.Popen, out: Path, n: int) -> None:
+    """Until the run has logged ``n`` metrics rows (it is then part way through its steps)."""
+    path, deadline = out / "metrics.jsonl", time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before it was signalled:\n{proc.stderr.read()[-3000:]}")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail("run logged no metrics in time")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    code, _, stderr = finish(start(tiny_folder, out))
+    assert code == 0, stderr[-3000:]
+    return out
+
+
+def assert_same_run(out: Path, reference: Path) -> None:
+    ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for k in theirs:
+        torch.testing.assert_close(ours[k], theirs[k], atol=1e-6, rtol=0, msg=k)
+    assert metrics(out) == metrics(reference)
+    final, expected = (json.loads((d / "final.json").read_text()) for d in (out, reference))
+    assert final == expected
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(tiny_folder, tmp_path, reference):
+    out = tmp_path / "run"
+    proc = start(tiny_folder, out, "--ckpt-every", "1000")  # the only checkpoint comes from the signal
+    wait_for_rows(proc, out, 2)
+    proc.send_signal(signal.SIGTERM)
+    code, _, stderr = finish(proc)
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr
+    message = stderr.strip().splitlines()[-1]
+    assert "SIGTERM" in message and f"--resume {out}" in message
+
+    state = load_state(out / CHECKPOINT)
+    stopped = state["step"]
+    assert 6 <= stopped < STEPS  # part way through
+    assert state["position"] == stopped * 4  # batch 4, one micro-batch per step
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "transmix_rng", "log"} <= state.keys()
+    assert not (out / "model.safetensors").exists() and not (out / "final.json").exists()
+    assert max(r["step"] for r in metrics(out)) <= stopped
+
+    code, stdout, stderr = resume(out)
+    assert code == 0, stderr[-3000:]
+    assert "top1" in stdout
+    assert_same_run(out, reference)
+    # The run directory is the reference's plus nothing half-written.
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+
+
+def test_sigkill_loses_only_the_steps_since_the_last_periodic_checkpoint(tiny_folder, tmp_path, reference):
+    out = tmp_path / "run"
+    proc = start(tiny_folder, out, "--ckpt-every", "4")
+    wait_for_rows(proc, out, 4)  # step 12 logged: the checkpoints of steps 4 and 8 are on disk
+    proc.send_signal(signal.SIGKILL)  # no handler runs: only what is already on disk survives
+    code, _, _ = finish(proc)
+    assert code == -signal.SIGKILL
+    stopped = load_state(out / CHECKPOINT)["step"]
+    assert stopped % 4 == 0 and 8 <= stopped < STEPS  # the row of step 12 may be on disk before its checkpoint
+
+    code, _, stderr = resume(out, "--workers", "1")  # the number of loader workers does not change results
+    assert code == 0, stderr[-3000:]
+    assert_same_run(out, reference)
+
+
+def run_in_process(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_sigint_exits_130_and_resume_refuses_other_options(tiny_folder, tmp_path, monkeypatch):
+    """SIGINT to this very process, sent from inside the third step (as a Ctrl-C would arrive)."""
+    step = Trainer.train_step
+
+    def interrupted_step(self, batches):
+        out = step(self, batches)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "run"
+    base = ["train", "--data", tiny_folder, *TINY_TRAIN, "--accum-steps", "1", "--steps", "6", "--log-every", "1"]
+    result = run_in_process(*base, "--out", out)
+    assert result.exit_code == 130, result.output
+    assert "SIGINT" in result.output and "Traceback" not in result.output
+    assert load_state(out / CHECKPOINT)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is before  # the loop's handler is gone with the loop
+
+    refused = run_in_process("train", "--resume", out, "--lr", "0.1")
+    assert refused.exit_code == 2 and "--lr" in refused.output and "config.json" in refused.output
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert run_in_process("train", "--resume", out, "--workers", "0").exit_code == 0
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
+    finished = run_in_process("train", "--resume", out)
+    assert finished.exit_code == 1 and "already finished" in finished.output
+
+
+def test_non_finite_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, monkeypatch):
+    loss = Trainer.loss
+
+    def poisoned(self, images, labels):
+        value, terms = loss(self, images, labels)
+        return (value * float("nan"), terms) if self.step == 4 else (value, terms)  # the 5th step
+
+    monkeypatch.setattr(Trainer, "loss", poisoned)
+    out = tmp_path / "run"
+    result = run_in_process("train", "--data", tiny_folder, *TINY_TRAIN, "--accum-steps", "1", "--steps", "8",
+                            "--log-every", "3", "--ckpt-every", "2", "--out", out)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert "non-finite loss at step 5" in errors[0] and "step 4" in errors[0] and CHECKPOINT in errors[0]
+    state = load_state(out / CHECKPOINT)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert [r["step"] for r in metrics(out)] == [3]  # the row of step 6 was never written
+    assert not (out / "model.safetensors").exists() and not (out / "final.json").exists()
+
+
+def test_a_learning_rate_that_blows_up_is_caught(tiny_folder, tmp_path):
+    """No patching: AdamW at lr 1e30 moves the weights by ~1e30 and the next forward overflows."""
+    out = tmp_path / "run"
+    result = run_in_process("train", "--data", tiny_folder, *TINY_TRAIN, "--accum-steps", "1", "--steps", "6",
+                            "--lr", "1e30", "--method", "baseline", "--no-randaugment", "--out", out)
+    assert result.exit_code == 1, result.output
+    assert "non-finite loss at step" in result.output and "no checkpoint was written" in result.output
+    assert not (out / CHECKPOINT).exists() and not (out / "model.safetensors").exists()

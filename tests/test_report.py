@@ -1,0 +1,162 @@
+"""gtaseg report on hand-made run folders: mean ± std, the best-λ choice, the CSV columns, the PNG."""
+import csv
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from gtaseg.cli import main
+from gtaseg.errors import GtasegError
+from gtaseg.report import CSV_COLUMNS, collect, make_report, mean_std
+
+
+def fake_run(root, name, *, method="gta", lam=None, data="cub", rate=0.15, seed=0, top1=50.0, transmix=False,
+             source="dino.pth", finished=True, steps=3000):
+    from gtaseg.methods import METHODS
+
+    lam = METHODS[method].default_lam if lam is None else lam
+    d = root / name
+    d.mkdir(parents=True)
+    config = {"method": method, "lam": lam, "init": source, "source": source, "data": data, "sampling_rate": rate,
+              "seed": seed, "steps": steps, "transmix": transmix, "workers": 8}
+    (d / "config.json").write_text(json.dumps(config))
+    if finished:
+        (d / "final.json").write_text(json.dumps({"top1": top1, "top5": min(100.0, top1 + 20), "method": method,
+                                                  "lam": lam, "sampling_rate": rate, "seed": seed, "steps": steps,
+                                                  "transmix": transmix, "data": data}))
+    return d
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    # baseline: 3 seeds
+    for s, acc in enumerate([60.0, 62.0, 64.0]):
+        fake_run(root, f"cub/baseline_r0.15_s{s}", method="baseline", lam=0.0, seed=s, top1=acc)
+    # gta at 0.1, 1, 10 (candidates) and 100 (outside 0.1α..10α: never chosen for Table 2, though the best)
+    gta = {0.1: [65.0, 66.0, 67.0], 1.0: [70.0, 71.0, 75.0], 10.0: [69.0, 70.0, 71.0], 100.0: [90.0, 90.0, 90.0]}
+    for lam, accs in gta.items():
+        for s, acc in enumerate(accs):
+            fake_run(root, f"cub/gta_lam{lam:g}_r0.15_s{s}", method="gta", lam=lam, seed=s, top1=acc)
+    # l2sp (α = 0.01): 10α is best
+    for lam, acc in {0.001: 61.0, 0.01: 62.0, 0.1: 63.5}.items():
+        for s in range(3):
+            fake_run(root, f"cub/l2sp_lam{lam:g}_r0.15_s{s}", method="l2sp", lam=lam, seed=s, top1=acc + s)
+    # one run still going: left out
+    fake_run(root, "cub/gta_lam1_r0.3_s0", rate=0.3, finished=False)
+    return root
+
+
+def test_mean_std():
+    m, s = mean_std([70.0, 71.0, 75.0])
+    assert m == pytest.approx(72.0)
+    assert s == pytest.approx(math.sqrt(((2 ** 2) + 1 + 9) / 2))  # sample std, n - 1
+    assert mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_table2_numbers_and_best_lambda(runs):
+    rep = make_report(runs)
+    rows = {r["method"]: r for r in read_csv(runs / "table2.csv")}
+    assert list(read_csv(runs / "table2.csv")[0]) == CSV_COLUMNS
+    assert set(rows) == {"baseline", "l2sp", "gta"}
+    gta = rows["gta"]
+    assert float(gta["lam"]) == 1.0  # best mean among 0.1, 1, 10; λ = 100 is not a candidate
+    assert gta["lams_tried"] == "0.1;1;10" and gta["lam_fallback"] == "0"
+    assert float(gta["top1_mean"]) == pytest.approx(72.0)
+    assert float(gta["top1_std"]) == pytest.approx(math.sqrt(7.0), abs=1e-4)
+    assert gta["n"] == "3" and gta["seeds"] == "0;1;2"
+    assert float(rows["l2sp"]["lam"]) == pytest.approx(0.1)
+    assert float(rows["l2sp"]["top1_mean"]) == pytest.approx(64.5)
+    assert float(rows["baseline"]["top1_mean"]) == pytest.approx(62.0)
+    assert float(rows["baseline"]["top1_std"]) == pytest.approx(2.0)
+    # Markdown: the cell, the best in bold, the footnote about choosing λ on test accuracy
+    assert "**72.00 ± 2.65**" in rep.markdown
+    assert "62.00 ± 2.00" in rep.markdown
+    assert "| CUB-200-2011 |" in rep.markdown and "15%" in rep.markdown
+    assert "test accuracy" in rep.markdown and "0.1α, α, 10α" in rep.markdown
+    assert "1 unfinished run folder" in rep.markdown
+    assert (runs / "report.md").read_text() == rep.markdown
+    assert not (runs / "table3.csv").exists() and not (runs / "table5.csv").exists()
+
+
+def test_figure4_png_and_csv(runs):
+    from PIL import Image
+
+    make_report(runs)
+    png = runs / "figure4.png"
+    with Image.open(png) as im:
+        im.verify()
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+    points = read_csv(runs / "figure4.csv")
+    assert {r["method"] for r in points} == {"gta"}
+    assert [float(r["lam"]) for r in points] == [0.1, 1.0, 10.0, 100.0]
+    assert float(points[-1]["top1_mean"]) == 90.0
+
+
+def test_fallback_when_no_candidate_lambda(tmp_path):
+    for s in range(2):
+        fake_run(tmp_path, f"pet/gta_lam100_r1_s{s}", lam=100.0, data="pet", rate=1.0, seed=s, top1=80.0 + s)
+    rep = make_report(tmp_path)
+    row = read_csv(tmp_path / "table2.csv")[0]
+    assert row["lam"] == "100" and row["lam_fallback"] == "1"
+    assert "80.50 ± 0.71 †" in rep.markdown
+
+
+def test_tables_3_5_6(tmp_path):
+    for m in ("guide-block", "guide-msa", "gta", "baseline"):
+        for src, bonus in (("ckpt/dino_vits16.pth", 0.0), ("ckpt/deit_small.pth", -5.0)):
+            for tm in (False, True):
+                for s in range(2):
+                    fake_run(tmp_path, f"dogs/{m}_{'tm_' if tm else ''}r0.5_s{s}_{src[5:9]}", method=m, data="dogs",
+                             rate=0.5, seed=s, source=src, transmix=tm, top1=70.0 + bonus + s + (2 if tm else 0))
+    (tmp_path / "sweep.t6.json").write_text(json.dumps({"labels": {"init": {"ckpt/dino_vits16.pth": "SSL (DINO)",
+                                                                             "ckpt/deit_small.pth": "supervised"}}}))
+    rep = make_report(tmp_path)
+    for name in ("table2", "table3", "table5", "table6"):
+        assert (tmp_path / f"{name}.csv").is_file(), name
+    t3 = read_csv(tmp_path / "table3.csv")
+    assert {r["method"] for r in t3} == {"guide-block", "guide-msa", "gta"}
+    assert all(r["transmix"] == "0" for r in t3)
+    assert "| attention logits (GTA) [SSL (DINO)] |" in rep.markdown
+    t5 = read_csv(tmp_path / "table5.csv")
+    assert {(r["method"], r["transmix"]) for r in t5} >= {("gta", "0"), ("gta", "1"), ("baseline", "1")}
+    tm_on = [r for r in t5 if r["method"] == "gta" and r["transmix"] == "1" and r["source"] == "SSL (DINO)"][0]
+    assert float(tm_on["top1_mean"]) == pytest.approx(72.5)
+    t6 = read_csv(tmp_path / "table6.csv")
+    assert {r["source"] for r in t6} == {"SSL (DINO)", "supervised"}
+    sup = [r for r in t6 if r["method"] == "gta" and r["source"] == "supervised"][0]
+    assert float(sup["top1_mean"]) == pytest.approx(65.5)
+    assert "guide-block" not in {r["method"] for r in read_csv(tmp_path / "table2.csv")}
+
+
+def test_report_cli_and_out(runs, tmp_path):
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(main, ["report", str(runs), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "Table 2" in res.output and "72.00 ± 2.65" in res.output
+    assert {p.name for p in out.iterdir()} == {"report.md", "table2.csv", "figure4.png", "figure4.csv", "runs.csv"}
+    assert len(read_csv(out / "runs.csv")) == 24
+
+
+def test_no_runs(tmp_path):
+    with pytest.raises(GtasegError, match="no finished runs"):
+        make_report(tmp_path)
+    res = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert res.exit_code == 1 and "error: " in res.output
+
+
+def test_collect_skips_lock_folder_and_unreadable(tmp_path):
+    fake_run(tmp_path, "a/gta_lam1_r1_s0")
+    bad = fake_run(tmp_path, "a/gta_lam1_r1_s1")
+    (bad / "final.json").write_text("{broken")
+    (tmp_path / ".locks").mkdir()
+    got = collect(tmp_path)
+    assert [r.name for r in got.runs] == ["a/gta_lam1_r1_s0"]
+    assert got.unreadable == ["a/gta_lam1_r1_s1"]
