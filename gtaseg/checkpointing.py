@@ -95,7 +95,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: refused to load, not a plain tensor checkpoint ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # other bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
         raise CheckpointError(f"{path}: not a readable training checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gtaseg training checkpoint")

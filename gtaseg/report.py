@@ -36,8 +36,8 @@ DATASET_TITLES = {"cub": "CUB-200-2011", "cars": "Stanford Cars", "aircraft": "F
 GUIDE_TARGETS = {"guide-block": "block output", "guide-msa": "MSA output", "gta": "attention logits (GTA)"}
 LAM_FACTORS = (0.1, 1.0, 10.0)
 # Settings that do not change what a run computes, ignored when checking that pooled runs agree.
-_NOISE = {"seed", "device", "workers", "log_every", "data_root", "lam", "method", "transmix", "data",
-          "sampling_rate", "source", "init"}
+_NOISE = {"seed", "device", "workers", "log_every", "data_root", "ckpt_every", "compile", "on_bad_image", "lam",
+          "method", "transmix", "data", "sampling_rate", "source", "init"}
 
 
 @dataclass
@@ -366,7 +366,7 @@ def table_csv(table: Table, labels: dict[str, dict[str, str]]) -> str:
 
 
 RUNS_COLUMNS = ["run", "dataset", "method", "source", "transmix", "sampling_rate", "lam", "seed", "steps",
-                "train_images", "top1", "top5"]
+                "train_images", "top1", "top5", "drift", "jaccard_best", "jaccard_merged"]
 
 
 def runs_csv(runs: list[Run], labels) -> str:
@@ -376,8 +376,13 @@ def runs_csv(runs: list[Run], labels) -> str:
     for r in sorted(runs, key=lambda r: r.name):
         w.writerow([r.name, r.dataset, r.method, source_label(r.source, labels), int(r.transmix), f"{r.rate:g}",
                     f"{r.lam:g}", r.seed, r.final.get("steps", ""), r.final.get("train_images", ""),
-                    f"{float(r.final['top1']):.4f}", f"{float(r.final.get('top5', math.nan)):.4f}"])
+                    f"{float(r.final['top1']):.4f}", f"{float(r.final.get('top5', math.nan)):.4f}",
+                    *(_num(r.final.get(k)) for k in ("drift", "jaccard_best", "jaccard_merged"))])
     return buf.getvalue()
+
+
+def _num(x) -> str:
+    return "" if x is None else f"{float(x):.4f}"
 
 
 # ------------------------------------------------------------------------------------------ figure 4

@@ -14,7 +14,8 @@ Each job is ``base`` plus one point of the grid (a grid value overrides ``base``
 
 A job's run directory is named from its values (``cub/gta_lam1_r0.15_s0``), so the same job in two configs
 sharing a runs dir runs once. A run is finished iff its ``final.json`` exists (train writes it last,
-atomically); a directory without one is the remains of an interrupted run and is cleared and redone. A lock
+atomically); a directory without one is the remains of an interrupted run and is cleared and redone (or,
+with ``--resume``, continued from its checkpoint, which ends in the same result). A lock
 file per job (``RUNS_DIR/.locks``) keeps two sweep processes on one runs dir from taking the same job.
 """
 from __future__ import annotations
@@ -44,6 +45,9 @@ LAM_FACTOR = "lam_factor"
 # Fields that every run name spells out in a fixed place; any other grid key is appended as _key-value.
 _NAMED = ("data", "method", "transmix", "lam", LAM_FACTOR, "sampling_rate", "seed")
 _LOCKS = ".locks"
+# Settings that do not change a run's result (gtaseg.checkpointing.RUNTIME_OPTIONS, plus where the data lies and
+# how often metrics are logged): a finished or interrupted run that differs only in these is still the job.
+_RUNTIME = ("device", "workers", "ckpt_every", "log_every", "data_root", "compile")
 
 
 def train_fields() -> dict[str, str]:
@@ -279,7 +283,7 @@ def train_argv(cfg: dict) -> list[str]:
 
     from gtaseg.cli.train import train as train_command
 
-    options = {p.name: p for p in train_command.params if isinstance(p, click.Option)}
+    options = {o: p for p in train_command.params if isinstance(p, click.Option) for o in p.opts}
     argv: list[str] = []
     for key, value in cfg.items():
         if value is None:
@@ -294,11 +298,11 @@ def train_argv(cfg: dict) -> list[str]:
             continue
         if key == "blocks":
             value = ",".join(str(b) for b in value) if isinstance(value, (list, tuple)) else str(value)
-        opt = options.get(key)
+        flag = "--" + key.replace("_", "-")
+        opt = options.get(flag)
         if opt is None:
             raise GtasegError(f"{key!r} has no gtaseg train option, so it cannot go on a printed command line; "
                               f"leave it to the preset or run the sweep with gtaseg sweep (no --print)")
-        flag = max(opt.opts, key=lambda o: o.lstrip("-") == key.replace("_", "-"))
         if opt.is_flag:
             if value:
                 argv.append(flag)
@@ -360,7 +364,7 @@ def differences(job: Job, run_dir: str | os.PathLike) -> list[str]:
         return []
     out = []
     for key, want in job.config.items():
-        if key in ("device", "workers", "log_every", "data_root") or want is None or key not in saved:
+        if key in _RUNTIME or want is None or key not in saved:
             continue
         have = saved[key]
         same = (math.isclose(float(want), float(have), rel_tol=1e-9)
@@ -390,20 +394,38 @@ class SweepResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _default_train(cfg: dict, out: Path) -> dict:
+def _default_train(cfg: dict, out: Path, resume: bool = False) -> dict:
     from gtaseg.train import TrainConfig, train
 
+    if resume:
+        from gtaseg.checkpointing import RUNTIME_OPTIONS, resumed_config
+
+        return train(resumed_config(out, **{k: cfg[k] for k in RUNTIME_OPTIONS if k in cfg}), out, resume=True)
     return train(TrainConfig(**cfg), out)
 
 
-def run_sweep(jobs: list[Job], runs_dir: str | os.PathLike, *, keep_going: bool = False,
-              train_fn: Callable[[dict, Path], dict] | None = None,
+def resumable(job: Job, run_dir: str | os.PathLike) -> bool:
+    """An interrupted run of this very job: config.json is there, readable, and agrees with the job."""
+    path = Path(run_dir) / "config.json"
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return not differences(job, run_dir)
+
+
+def run_sweep(jobs: list[Job], runs_dir: str | os.PathLike, *, keep_going: bool = False, resume: bool = False,
+              train_fn: Callable[..., dict] | None = None,
               echo: Callable[[str], None] = print) -> SweepResult:
     """Run the unfinished jobs one after another in this process.
 
-    A job whose directory holds final.json is skipped; any other existing directory is cleared first. A failing
-    job stops the sweep unless ``keep_going`` (its directory stays, and is redone next time).
+    A job whose directory holds final.json is skipped; any other existing directory is cleared first, or with
+    ``resume`` continued from its checkpoint when its config.json is this job's. A failing job stops the sweep
+    unless ``keep_going`` (its directory stays, and is redone next time). SIGINT/SIGTERM stop the running job
+    after its current step with a checkpoint written (:class:`gtaseg.checkpointing.Interrupted`) and end the sweep.
     """
+    from gtaseg.checkpointing import Interrupted
+
     train_fn = train_fn or _default_train
     runs_dir = Path(runs_dir)
     result = SweepResult(total=len(jobs))
@@ -428,13 +450,18 @@ def run_sweep(jobs: list[Job], runs_dir: str | os.PathLike, *, keep_going: bool 
             if is_finished(out):  # another process finished it since the scan
                 result.skipped.append(job.name)
                 continue
+            again = False
             if out.exists():
-                echo(f"[{i}/{len(todo)}] {job.name}: clearing an unfinished run")
-                shutil.rmtree(out)
+                if resume and resumable(job, out):
+                    echo(f"[{i}/{len(todo)}] {job.name}: resuming an unfinished run")
+                    again = True
+                else:
+                    echo(f"[{i}/{len(todo)}] {job.name}: clearing an unfinished run")
+                    shutil.rmtree(out)
             echo(f"[{i}/{len(todo)}] {job.name}")
             try:
-                final = train_fn(dict(job.config), out)
-            except KeyboardInterrupt:
+                final = train_fn(dict(job.config), out, resume=True) if again else train_fn(dict(job.config), out)
+            except (KeyboardInterrupt, Interrupted):  # a stop signal, not a failure of this job
                 raise
             except Exception as e:
                 msg = str(e) if isinstance(e, GtasegError) else "".join(traceback.format_exception_only(type(e), e)).strip()
@@ -463,9 +490,10 @@ def _free_memory() -> None:
         pass
 
 
-def pending_lines(jobs: list[Job], runs_dir: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+def pending_lines(jobs: list[Job], runs_dir: str | os.PathLike, resume: bool = False) -> tuple[list[str], dict[str, int]]:
     """Shell lines for the unfinished jobs and counts by state. A leftover directory (no final.json, not locked
-    by a local sweep) would make ``gtaseg train`` refuse, so its line removes it first."""
+    by a local sweep) would make ``gtaseg train`` refuse, so its line removes it first, or with ``resume``
+    continues it (``gtaseg train --resume DIR``) when it is this job's."""
     lines, counts = [], {"finished": 0, "todo": 0, "leftover": 0, "running": 0}
     for job in jobs:
         out = job.dir(runs_dir)
@@ -478,7 +506,10 @@ def pending_lines(jobs: list[Job], runs_dir: str | os.PathLike) -> tuple[list[st
         line = command_line(job, runs_dir)
         if out.exists():
             counts["leftover"] += 1
-            line = f"rm -rf {shlex.quote(str(out))} && {line}"
+            if resume and resumable(job, out):
+                line = shlex.join(["gtaseg", "train", "--resume", str(out)])
+            else:
+                line = f"rm -rf {shlex.quote(str(out))} && {line}"
         counts["todo"] += 1
         lines.append(line)
     return lines, counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -189,7 +190,7 @@ class Trainer:
                 raise DataError(f"{b.reason} (--on-bad-image skip leaves such files out)")
             if b.path not in self.skipped:
                 self.skipped[b.path] = b.reason
-                tqdm.write(f"skipping {b.reason}")
+                tqdm.write(f"skipping {b.reason}", file=sys.stderr)
 
     def _readable(self, batches, size: int):
         """The (images, labels) of ``collate_marked`` batches, after :meth:`_bad_images`; empty ones dropped."""

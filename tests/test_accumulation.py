@@ -8,7 +8,7 @@ from gtaseg.train import PRESETS, TrainConfig, Trainer, resolve
 
 def run(tmp_path, folder, method, batch_size, accum_steps, steps=3):
     cfg = TrainConfig(method=method, init="random:vit_tiny_patch16_224", data=str(folder), image_size=32,
-                      batch_size=batch_size, accum_steps=accum_steps, steps=3, workers=0, lr=1e-3)
+                      batch_size=batch_size, accum_steps=accum_steps, steps=3, workers=0, lr=2e-5)
     t = Trainer(cfg, tmp_path)
     batches = t.batches()  # the real data path: seeded stream, augmentation, loader
     terms = [t.train_step(batches) for _ in range(steps)]
@@ -24,6 +24,9 @@ def test_paper_recipe_reaches_batch_768_on_one_device(tiny_folder):
 def test_accumulated_micro_batches_equal_one_large_batch(tmp_path, tiny_folder, method):
     """3 × 4 accumulated against 12 at once, over the same images in the same order and augmentation:
     same weights (the new head included) and the same logged loss terms after 3 AdamW steps."""
+    # Sums in another order differ by float roundoff, and AdamW divides each update by √v + 1e-8: an entry
+    # whose gradient is ~1e-8 (the key bias's is exactly 0: softmax ignores a shift shared by all keys) turns
+    # that roundoff into an update difference of up to ~lr. At lr 2e-5 it stays inside 1e-5 after 3 steps.
     small, small_terms = run(tmp_path / "a", tiny_folder, method, batch_size=4, accum_steps=3)
     large, large_terms = run(tmp_path / "b", tiny_folder, method, batch_size=12, accum_steps=1)
     for name, p in large.model.state_dict().items():
@@ -34,6 +37,7 @@ def test_accumulated_micro_batches_equal_one_large_batch(tmp_path, tiny_folder, 
             torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5, msg=k)
     if method == "gta":
         assert large_terms[-1]["reg"] > 0  # the GTA term took part (the target moved away from the source)
-    # and the weights did move: the comparison is not between two untouched models
+    # and the weights moved by more than the tolerance: the comparison is not between two untouched models
     start, _ = run(tmp_path / "c", tiny_folder, method, batch_size=12, accum_steps=1, steps=0)
-    assert any(not torch.allclose(start.model.state_dict()[n], p, atol=1e-4) for n, p in large.model.state_dict().items())
+    moved = torch.cat([(start.model.state_dict()[n] - p).abs().flatten() for n, p in large.model.state_dict().items()])
+    assert (moved > 2e-5).float().mean() > 0.5

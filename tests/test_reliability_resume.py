@@ -28,6 +28,15 @@ STEPS = 24
 RUN = [*TINY_TRAIN, "--accum-steps", "1", "--steps", str(STEPS), "--log-every", "3", "--transmix"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The in-process runs too: tiny models gain nothing from more threads, and lose a lot on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([*GTASEG, "train", "--data", str(data), *RUN, "--out", str(out), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)

@@ -155,6 +155,39 @@ def test_failure_stops_or_keeps_going(tmp_path):
     assert [n for n, _ in res.failed] == [jobs[1].name] and res.ran == [jobs[2].name]
 
 
+def test_resume_continues_only_the_same_job(tmp_path):
+    jobs = expand(cfg({"seed": [0, 1]}, base={"data": "cub", "steps": 10}))
+    for job, steps in zip(jobs, (10, 7)):  # the second was started with other settings
+        d = job.dir(tmp_path)
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({**job.config, "steps": steps, "workers": 3}))
+        (d / "checkpoint.pt").write_text("state")
+    calls = []
+
+    def train(config, out, resume=False):
+        calls.append((out.name, resume, (out / "checkpoint.pt").exists()))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "final.json").write_text("{}")
+        return {"top1": 1.0}
+
+    said = []
+    run_sweep(jobs, tmp_path, resume=True, train_fn=train, echo=said.append)
+    assert calls == [(jobs[0].dir(tmp_path).name, True, True), (jobs[1].dir(tmp_path).name, False, False)]
+    assert any("resuming" in s for s in said) and any("clearing" in s for s in said)
+
+
+def test_stop_signal_ends_the_sweep(tmp_path):
+    from gtaseg.checkpointing import Interrupted
+
+    jobs = expand(cfg({"seed": [0, 1]}, base={"data": "cub"}))
+
+    def stopped(config, out):
+        raise Interrupted(15, 3, out)
+
+    with pytest.raises(Interrupted):
+        run_sweep(jobs, tmp_path, keep_going=True, train_fn=stopped, echo=lambda s: None)
+
+
 def test_locked_job_is_left_to_its_owner(tmp_path):
     jobs = expand(cfg({"seed": [0, 1]}, base={"data": "cub"}))
     calls = []
@@ -214,6 +247,10 @@ def test_print_lines(tmp_path):
     # --dry-run is the same thing
     again = CliRunner().invoke(main, ["sweep", str(config), "--runs-dir", str(runs), "--dry-run"])
     assert again.stdout == res.stdout
+    # --resume: an interrupted run of the same job continues instead
+    (leftover / "config.json").write_text(json.dumps(jobs[1].config))
+    res = CliRunner().invoke(main, ["sweep", str(config), "--runs-dir", str(runs), "--print", "--resume"])
+    assert res.stdout.splitlines()[0] == f"gtaseg train --resume {leftover}"
 
 
 def test_print_refuses_fields_without_a_train_option():
@@ -266,11 +303,17 @@ def test_kill_and_restart(tmp_path):
     jobs = expand(load_config(config))
     proc = sweep_process(config, runs)
     try:
-        deadline = time.monotonic() + 120
-        while not any((j.dir(runs) / "final.json").exists() for j in jobs):
+        # Kill once a run has finished, preferably while the next one is under way (config.json, no final.json).
+        deadline, first = time.monotonic() + 120, None
+        while True:
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "no run finished in time"
-            time.sleep(0.05)
+            done = [j for j in jobs if (j.dir(runs) / "final.json").exists()]
+            partial = [j for j in jobs if (j.dir(runs) / "config.json").exists() and j not in done]
+            first = first or (time.monotonic() if done else None)
+            if done and (partial or time.monotonic() - first > 10):
+                break
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -278,11 +321,14 @@ def test_kill_and_restart(tmp_path):
     finished = {j.name: (j.dir(runs) / "final.json").stat().st_mtime_ns
                 for j in jobs if (j.dir(runs) / "final.json").exists()}
     assert 1 <= len(finished) < len(jobs), "the kill came too late to leave work undone"
+    partial = [j.name for j in jobs if j.dir(runs).exists() and j.name not in finished]
 
     proc = sweep_process(config, runs)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
     assert f"{len(finished)} already finished" in out
+    for name in partial:  # the run the kill interrupted was cleared and done again
+        assert f"{name}: clearing an unfinished run" in out
     for j in jobs:
         assert (j.dir(runs) / "final.json").is_file(), j.name
     for name, mtime in finished.items():  # the finished runs were not redone

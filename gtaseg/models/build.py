@@ -39,9 +39,13 @@ def create_vit(arch: str, num_classes: int = 0) -> VisionTransformer:
     if not timm.is_model(arch):
         raise GtasegError(f"unknown --arch {arch!r}; timm names ViTs like vit_small_patch16_224 "
                           f"or vit_small_patch14_dinov2 (see timm.list_models('vit_*'))")
-    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, dynamic_img_size=True)
+    not_vit = f"--arch {arch!r} is not a plain ViT (timm VisionTransformer); GTA needs [cls] attention"
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, dynamic_img_size=True)
+    except TypeError:  # most other families do not take dynamic_img_size
+        raise GtasegError(not_vit) from None
     if not isinstance(model, VisionTransformer):
-        raise GtasegError(f"--arch {arch!r} is not a plain ViT (timm VisionTransformer); GTA needs [cls] attention")
+        raise GtasegError(not_vit)
     return model
 
 

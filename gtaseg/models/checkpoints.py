@@ -40,7 +40,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: refused to load, not a plain tensor checkpoint ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # other bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
