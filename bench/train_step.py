@@ -12,7 +12,7 @@ One process, one model, one fixed batch. Every timed round runs, in turn:
 The floor of any GTA is ``baseline + source``. Times are medians over ``--steps`` rounds after ``--warmup``
 rounds; the configurations are interleaved so that drift of the machine hits them all alike.
 
-Peak memory is measured in a separate child process per configuration (``ru_maxrss`` is per process and
+Peak memory is measured in a separate child process per configuration (peak RSS, VmHWM, is per process and
 never goes down): the whole process's max RSS, that peak minus the RSS just before the first step (the
 step's working set) and, on a GPU, ``torch.cuda.max_memory_allocated``.
 
@@ -142,16 +142,23 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def rss_now_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def rss_now_mb() -> float:
+    return _status_mb("VmRSS")
+
+
 def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """Peak RSS of this process. VmHWM, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over from the parent
+    across fork+exec, so a child of a large benchmark process would report the parent's peak."""
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm == hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_configs(args, configs) -> dict:
@@ -311,8 +318,9 @@ def main(argv=None) -> dict:
                                "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                                "device": torch.cuda.get_device_name(torch.device(args.device))
                                if torch.device(args.device).type == "cuda" else "cpu",
-                               "precision": "bf16 autocast" if torch.device(args.device).type == "cuda" else "fp32"},
-               "memory_method": "one child process per configuration: max_rss_mb = ru_maxrss of that process; "
+                               "precision": "bf16 autocast" if torch.device(args.device).type == "cuda" else "fp32",
+                               "cpu_cores": os.cpu_count(), "load_average_at_start": os.getloadavg()},
+               "memory_method": "one child process per configuration: max_rss_mb = peak RSS of that process (VmHWM); "
                                 "step_rss_mb = that peak minus the RSS just before the first step; "
                                 "gpu_max_allocated_mb = torch.cuda.max_memory_allocated (GPU only)",
                "runs": {}}
@@ -334,6 +342,7 @@ def main(argv=None) -> dict:
         results["eval_voc"] = eval_voc(args)
     else:
         results["eval_voc"] = {"todo": "skipped (--eval-limit 0)"}
+    results["environment"]["load_average_at_end"] = os.getloadavg()
     report(results)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -360,7 +369,9 @@ def report(results: dict) -> None:
     env = results["environment"]
     s = results["settings"]
     print(f"\n{s['arch']} at {s['image_size']}, batch {s['batch_size']}, {env['device']} ({env['precision']}, "
-          f"{env['threads']} threads), median of {s['steps']} after {s['warmup']} warm-up")
+          f"{env['threads']} threads), median of {s['steps']} after {s['warmup']} warm-up; load average "
+          f"{env['load_average_at_start'][0]:.1f} at start, {env['load_average_at_end'][0]:.1f} at end "
+          f"on {env['cpu_cores']} cores")
     for name, run in results["runs"].items():
         print(f"\n[{name}]")
         print(f"{'config':<10}{'median s':>10}{'CPU s':>9}{'img/s':>9}{'max RSS MB':>12}{'step RSS MB':>13}{'GPU peak MB':>13}")

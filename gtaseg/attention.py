@@ -50,14 +50,18 @@ def resolve_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[int]:
 
 
 def _cls_row_logits(attn: nn.Module, qkv: Tensor) -> Tensor:
-    """[B, H, T] logits of the [cls] query (token 0) against all keys, from the qkv projection output."""
+    """[B, H, T] logits of the [cls] query (token 0) against all keys, from the qkv projection output.
+
+    Three kernels on views of ``qkv`` (scale the [cls] query, multiply it into the keys, sum over D): no
+    contiguous copy of the keys as a batched matmul would make, and O(T·C) work and memory either way.
+    """
     B, T, _ = qkv.shape
     H, D = attn.num_heads, attn.head_dim
-    q = qkv[:, 0, : H * D].reshape(B, H, 1, D)
-    k = qkv[:, :, H * D : 2 * H * D].reshape(B, T, H, D).transpose(1, 2)
+    q = qkv[:, :1, : H * D].reshape(B, 1, H, D)
+    k = qkv[:, :, H * D : 2 * H * D].reshape(B, T, H, D)
     # q/k norms (identity unless the model has qk_norm) act per head on D, exactly as in the forward.
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    return (q @ k.transpose(-2, -1)).squeeze(2) * attn.scale
+    q, k = attn.q_norm(q) * attn.scale, attn.k_norm(k)
+    return (k * q).sum(-1).transpose(1, 2)
 
 
 @contextmanager

@@ -148,6 +148,12 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: str | Path) -
     if changed:
         raise CheckpointError(f"{path}: written by a run with other settings ({', '.join(changed)}) than its "
                               f"config.json")
+    world_size = trainer.dist.world_size if hasattr(trainer, "dist") else 1
+    cfg = trainer.cfg
+    ranks = state["position"] // max(state["step"] * cfg.batch_size * cfg.accum_steps, 1)
+    if state["step"] and ranks != world_size:
+        raise CheckpointError(f"{path}: written by a run of {ranks} processes; resume it with as many "
+                              f"(torchrun --nproc_per_node {ranks}), not {world_size}")
     from gtaseg.models.checkpoints import load_into
 
     load_into(_bare(trainer.model), state["model"], path)
@@ -261,6 +267,14 @@ class StopSignals:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of the training loader: SIGINT/SIGTERM sent to the whole process group (Ctrl-C in a
+    terminal, a scheduler's kill) must stop the run through the main process, which writes the checkpoint;
+    a worker that died of them would abort the run instead. Workers still exit when the main process does."""
+    for s in StopSignals.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class FiniteGuard:

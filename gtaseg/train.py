@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from gtaseg import distributed
 from gtaseg.attention import capture, cls_logits, resolve_blocks
-from gtaseg.checkpointing import (CHECKPOINT, FiniteGuard, Interrupted, StopSignals, non_finite_loss, prepare_resume,
-                                  save_state, set_rng_state, trainer_state)
+from gtaseg.checkpointing import (CHECKPOINT, FiniteGuard, Interrupted, StopSignals, ignore_stop_signals,
+                                  non_finite_loss, prepare_resume, save_state, set_rng_state, trainer_state)
 from gtaseg.data.dataset import BadImage, ImageDataset, check_classes, collate_marked, load_split
 from gtaseg.data.sampler import SeededStream
 from gtaseg.data.sampling import stratified_subset
@@ -52,6 +52,7 @@ class TrainConfig:
     batch_size: int | None = None
     accum_steps: int | None = None
     lr: float = 1e-4
+    head_lr_scale: float | None = None
     weight_decay: float = 0.05
     image_size: int | None = None
     crop_scale: tuple[float, float] | None = None
@@ -96,6 +97,18 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.on_bad_image not in ("stop", "skip"):
         raise GtasegError(f"--on-bad-image {cfg.on_bad_image!r}: choose stop or skip")
     return cfg
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_scale: float) -> list[dict]:
+    """timm's weight-decay groups (none on biases, norms and tokens), each split so that the new classifier
+    head learns at ``head_lr_scale`` × ``lr`` (transfer-learning practice, as in the L2-SP and BSS papers)."""
+    groups = []
+    for group in param_groups_weight_decay(model, weight_decay):
+        head_ids = {id(p) for n, p in model.named_parameters() if n.startswith("head.")}
+        head = [p for p in group["params"] if id(p) in head_ids]
+        body = [p for p in group["params"] if id(p) not in head_ids]
+        groups += [{**group, "params": ps, "lr": lr * scale} for ps, scale in ((body, 1.0), (head, head_lr_scale)) if ps]
+    return groups
 
 
 def pick_device(name: str) -> torch.device:
@@ -161,8 +174,8 @@ class Trainer:
                               if p.requires_grad and not n.startswith("head.")}
         self.transmix = TransMix(len(self.classes), seed=cfg.seed) if cfg.transmix else None
 
-        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                             betas=(0.9, 0.999))
+        self.optimizer = create_optimizer_v2(param_groups(self.model, cfg.lr, cfg.weight_decay, cfg.head_lr_scale),
+                                             "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
         self.step = 0
@@ -258,7 +271,8 @@ class Trainer:
                               rank=ctx.rank, world_size=ctx.world_size)
         loader = DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=stream,
                             num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=self.cfg.workers > 0, collate_fn=collate_marked)
+                            persistent_workers=self.cfg.workers > 0, collate_fn=collate_marked,
+                            worker_init_fn=ignore_stop_signals)
         return self._readable(iter(loader), len(self.train_set))  # iter() now: it draws from torch's RNG
 
     def loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

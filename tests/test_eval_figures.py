@@ -38,7 +38,7 @@ def test_visualize_writes_a_grid(image_dir, tmp_path):
     for mode in ("attention", "mask"):
         out = tmp_path / f"{mode}.png"
         result = CliRunner().invoke(main, [
-            "visualize", "--ckpt", "random:vit_tiny_patch16_224", "--ckpt", "random:vit_small_patch14_dinov2",
+            "visualize", "--ckpt", "random:vit_tiny_patch16_224", "--ckpt", "random:vit_tiny_patch16_224",
             "--label", "source", "--label", "GTA", "--images", str(image_dir), "--out", str(out),
             "--image-size", "64", "--mode", mode])
         assert result.exit_code == 0, result.output

@@ -38,8 +38,9 @@ def one_thread():
 
 
 def start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """In a session of its own, so that a signal can go to its whole process group, loader workers included."""
     return subprocess.Popen([*GTASEG, "train", "--data", str(data), *RUN, "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -93,9 +94,11 @@ def assert_same_run(out: Path, reference: Path) -> None:
 
 def test_sigterm_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(tiny_folder, tmp_path, reference):
     out = tmp_path / "run"
-    proc = start(tiny_folder, out, "--ckpt-every", "1000")  # the only checkpoint comes from the signal
+    # The only checkpoint comes from the signal. Two loader workers: SIGTERM goes to the whole process group,
+    # as a scheduler sends it, and the workers must not take the run down before the checkpoint is written.
+    proc = start(tiny_folder, out, "--ckpt-every", "1000", "--workers", "2")
     wait_for_rows(proc, out, 2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     code, _, stderr = finish(proc)
     assert code == 128 + signal.SIGTERM, stderr[-3000:]
     assert "Traceback" not in stderr

@@ -1,0 +1,63 @@
+"""bench/train_step.py runs end to end on a tiny model (a smoke test: nothing here asserts a timing)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--arch", "vit_tiny_patch16_224", "--image-size", "32", "--batch-size", "2", "--classes", "3",
+        "--steps", "2", "--warmup", "1", "--threads", "1"]
+
+
+def test_bench_writes_every_figure(tmp_path, bench):
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        results = bench.main([*TINY, "--memory-steps", "1", "--eval-limit", "0", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads(out.read_text())
+    assert saved["runs"].keys() == {"eager"}
+    run = saved["runs"]["eager"]
+    assert set(run["times"]) == {"baseline", "gta", "naive", "source"}
+    for key in ("gta/baseline", "naive/baseline", "gta/(baseline+source)", "naive/(baseline+source)",
+                "memory max_rss_mb gta/baseline", "memory max_rss_mb gta/naive"):
+        assert run["ratios"][key] > 0, key
+    assert all(m["max_rss_mb"] > 0 for m in run["memory"].values())
+    assert results["eval_voc"]["todo"].startswith("skipped")
+
+
+def test_naive_path_gives_the_same_loss_as_the_project_path(tmp_path, bench):
+    """The naive comparison computes the same GTA loss, only the expensive way: fused attention off and
+    every block's full T×T map kept."""
+    args = bench.parse(TINY)
+    args.compile_now = False
+    root = bench.make_folder(tmp_path, 3)
+    trainer = bench.make_trainer("gta", args, root)
+    with torch.no_grad():
+        trainer.model.blocks[0].attn.qkv.weight.mul_(1.2)  # so that the GTA term is not 0
+    images, labels = bench.fixed_batch(args, 3, torch.device("cpu"))
+    loss, terms = trainer.loss(images, labels)
+    kept = []
+    with bench.naive_attention(trainer, kept):
+        naive_loss, naive_terms = trainer.loss(images, labels)
+        assert not any(b.attn.fused_attn for b in trainer.model.blocks)
+    assert len(kept) == 2 * len(trainer.model.blocks)  # target and source, every block
+    T = (32 // 16) ** 2 + 1
+    assert kept[0].shape[-2:] == (T, T)
+    assert terms["reg"] > 0
+    torch.testing.assert_close(naive_terms["reg"], terms["reg"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(naive_loss, loss, rtol=1e-4, atol=1e-6)
+    assert all(b.attn.fused_attn for b in trainer.model.blocks)  # restored
