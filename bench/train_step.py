@@ -264,6 +264,16 @@ def ratios(times: dict, memory: dict | None, key: str = "median_s", prefix: str 
             for c in ("gta", "naive"):
                 if c in med:
                     r[f"{c}/(baseline+source)"] = med[c] / floor
+    if not prefix and "baseline" in times:
+        # Ratios taken within each round (the configurations ran back to back) and then their median: a
+        # machine whose load drifts over the run moves both sides of each ratio together.
+        rounds = {c: v["all_s"] for c, v in times.items()}
+        for c in ("gta", "naive"):
+            if c in rounds:
+                r[f"paired {c}/baseline"] = statistics.median(x / b for x, b in zip(rounds[c], rounds["baseline"]))
+                if "source" in rounds:
+                    r[f"paired {c}/(baseline+source)"] = statistics.median(
+                        x / (b + s) for x, b, s in zip(rounds[c], rounds["baseline"], rounds["source"]))
     r = {prefix + k: v for k, v in r.items()}
     if memory and "baseline" in memory:
         for key in ("max_rss_mb", "step_rss_mb", "gpu_max_allocated_mb"):

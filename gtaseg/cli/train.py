@@ -63,7 +63,8 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.help}" + (f" (λ {m.default_lam:g})" if m
 @click.option("--steps", type=click.IntRange(1), default=None, help=_preset_help("Optimizer steps.", "steps"))
 @click.option("--batch-size", type=click.IntRange(1), default=None, help=_preset_help("Images per forward pass (per process under torchrun).", "batch_size"))
 @click.option("--accum-steps", type=click.IntRange(1), default=None, help=_preset_help("Micro-batches per optimizer step (effective batch = batch size × this).", "accum_steps"))
-@click.option("--lr", type=float, default=1e-4, help="AdamW peak learning rate (cosine schedule to 0).")
+@click.option("--lr", type=float, default=None, help=_preset_help("AdamW peak learning rate (cosine schedule to 0).", "lr"))
+@click.option("--head-lr-scale", type=float, default=None, help=_preset_help("The new classifier head's lr as a multiple of --lr.", "head_lr_scale"))
 @click.option("--weight-decay", type=float, default=0.05, help="AdamW weight decay (not applied to biases and norms).")
 @click.option("--image-size", type=click.IntRange(16), default=None, help=_preset_help("Training resolution.", "image_size"))
 @click.option("--no-randaugment", is_flag=True, help="Turn RandAugment off.")
@@ -77,7 +78,7 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.help}" + (f" (λ {m.default_lam:g})" if m
 @click.option("--on-bad-image", type=click.Choice(["stop", "skip"]), default="stop", help="An unreadable image file (truncated, not an image): stop with its name, or skip it and count it (final.json, skipped_images.txt).")
 @click.option("--resume", type=click.Path(file_okay=False), default=None, metavar="DIR", help="Continue the stopped run in DIR from its last checkpoint, with the options in its config.json (only --device, --workers and --ckpt-every may be given).")
 def train(method, lam, transmix, init, source, arch, data, data_root, synthetic_opts, sampling_rate, seed, steps,
-          batch_size, accum_steps, lr, weight_decay, image_size, no_randaugment, blocks, workers, device, log_every, out,
+          batch_size, accum_steps, lr, head_lr_scale, weight_decay, image_size, no_randaugment, blocks, workers, device, log_every, out,
           ckpt_every, on_bad_image, resume, compile_):
     """Fine-tune a ViT: cross-entropy + λ · the method's term.
 
@@ -96,7 +97,7 @@ def train(method, lam, transmix, init, source, arch, data, data_root, synthetic_
         return _resume(resume)
     cfg = TrainConfig(method=method, lam=lam, init=init, source=source, arch=arch, data=data, data_root=data_root,
                       sampling_rate=sampling_rate, seed=seed, steps=steps, batch_size=batch_size,
-                      accum_steps=accum_steps, lr=lr, weight_decay=weight_decay, image_size=image_size,
+                      accum_steps=accum_steps, lr=lr, head_lr_scale=head_lr_scale, weight_decay=weight_decay, image_size=image_size,
                       randaugment=not no_randaugment, blocks=parse_blocks(blocks), transmix=transmix,
                       workers=workers, device=device, log_every=log_every, synthetic=parse_kv(synthetic_opts),
                       ckpt_every=ckpt_every, on_bad_image=on_bad_image, compile=compile_)
