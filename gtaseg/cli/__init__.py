@@ -39,10 +39,11 @@ from gtaseg.cli.data import data  # noqa: E402
 
 main.add_command(data)
 
-from gtaseg.cli.evaluate import check_attention, eval_acc, eval_coco, eval_voc, visualize  # noqa: E402
+from gtaseg.cli.evaluate import check_attention, eval_acc, eval_coco, eval_masks, eval_voc, visualize  # noqa: E402
 
 main.add_command(eval_voc)
 main.add_command(eval_coco)
+main.add_command(eval_masks)
 main.add_command(eval_acc)
 main.add_command(check_attention)
 main.add_command(visualize)

