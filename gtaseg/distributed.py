@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from gtaseg.devices import pick_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -54,7 +56,7 @@ def device_for(name: str, ctx: Context) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and ctx.enabled:
         name = f"cuda:{ctx.local_rank}"
-    return torch.device(name)
+    return pick_device(name)
 
 
 def setup(device: str = "auto") -> bool:

@@ -113,10 +113,6 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_scale
     return groups
 
 
-def pick_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
-
-
 class TargetForward(nn.Module):
     """The target's forward as one module returning (pre-logits features, logits), so that DDP and
     torch.compile wrap all of it; the capture hooks sit on the inner model's blocks either way."""

@@ -40,3 +40,12 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 # Settings that make a training run take a second or two on the CPU.
 TINY_TRAIN = ["--init", "random:vit_tiny_patch16_224", "--image-size", "32", "--batch-size", "4", "--workers", "0"]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from more threads, and lose a lot on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

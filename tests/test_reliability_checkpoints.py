@@ -17,12 +17,7 @@ from tests.conftest import TINY_TRAIN
 TRAIN = [*TINY_TRAIN, "--accum-steps", "1", "--steps", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RunsCode:

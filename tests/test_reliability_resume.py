@@ -28,13 +28,7 @@ STEPS = 24
 RUN = [*TINY_TRAIN, "--accum-steps", "1", "--steps", str(STEPS), "--log-every", "3", "--transmix"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The in-process runs too: tiny models gain nothing from more threads, and lose a lot on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def start(data: Path, out: Path, *extra: str) -> subprocess.Popen:

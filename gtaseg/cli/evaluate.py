@@ -227,7 +227,7 @@ def visualize(ckpts: tuple[str, ...], labels: tuple[str, ...], images: tuple[str
     baseline, GTA), each cell the image overlaid with the model's [cls] attention or mask."""
     from gtaseg.data.images import load_rgb
     from gtaseg.evaluation.figures import Column, list_images, model_maps, render_grid
-    from gtaseg.evaluation.runner import pick_device
+    from gtaseg.devices import pick_device
     from gtaseg.models import load_model
 
     if labels and len(labels) != len(ckpts):
@@ -306,7 +306,7 @@ def eval_acc(ckpt: str, data: str | None, data_root: str | None, split: str, syn
     from gtaseg.data.dataset import ImageDataset
     from gtaseg.data.transforms import eval_transform
     from gtaseg.evaluation.accuracy import topk_accuracy
-    from gtaseg.evaluation.runner import pick_device
+    from gtaseg.devices import pick_device
     from gtaseg.models import load_model
     from gtaseg.train import PRESETS
 

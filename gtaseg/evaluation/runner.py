@@ -15,11 +15,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gtaseg.attention import cls_attention, resolve_blocks
-from gtaseg.errors import GtasegError
 from gtaseg.evaluation.coco import prediction_records
 from gtaseg.evaluation.inputs import Geometry, SegmentationDataset, SegSample
 from gtaseg.evaluation.jaccard import ImageScore, jaccard, score_image
 from gtaseg.evaluation.masks import mass_mask, merged_mask, to_pixels
+from gtaseg.devices import pick_device
 from gtaseg.models import ModelInfo
 
 HEADS = ("best", "merged", "both")
@@ -95,19 +95,6 @@ class EvalResult:
             "images_per_second": round(self.images_per_second, 3),
             "per_image": [s.to_json() for s in self.scores],
         }
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` is the first CUDA GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GtasegError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GtasegError(f"--device {name}: CUDA is not available here (use auto or cpu)")
-    return device
 
 
 def predict(model: nn.Module, info: ModelInfo, samples: Sequence[SegSample], settings: Settings, *,
