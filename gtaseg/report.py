@@ -10,6 +10,9 @@ accuracy, which flatters the regularised methods a little; the report's footnote
 - Table 3: guidance target: block output (guide-block), MSA output (guide-msa), attention logits (gta).
 - Table 5: each method that has TransMix runs, without and with TransMix.
 - Table 6: per source model (config ``source``; SSL vs supervised), for every source found.
+- Attention (Table 2's runs): for Table 2's cells, at the λ chosen there on top-1, the mean ± std of the
+  Jaccard of the [cls] attention masks (heads merged, best head) and of the attention drift; written only when
+  a run of those cells has a Jaccard (``final.json`` ``jaccard_merged``; null where the data has no masks).
 - Figure 4: top-1 against λ for GTA (or, without GTA runs, the other methods with a λ), baseline dashed.
 
 A table is written only when the runs hold what it compares (Table 3 needs guide-block or guide-msa runs,
@@ -76,6 +79,24 @@ class Run:
         return str(self.config.get("source") or self.config.get("init") or "?")
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A number each run's ``final.json`` holds, as a table shows it."""
+
+    key: str  # in final.json
+    title: str
+    spec: str = ".2f"  # format of the mean and the std
+    bold_best: bool = True  # drift has no better end, so nothing is bold there
+    optional: bool = False  # runs may lack it (no masks → no Jaccard): the CSV counts the runs that have it
+
+
+TOP1 = Metric("top1", "top-1 accuracy (%)")
+TOP5 = Metric("top5", "top-5 accuracy (%)")
+ATTENTION = (Metric("jaccard_merged", "Jaccard, heads merged (%)", optional=True),
+             Metric("jaccard_best", "Jaccard, best head (%)", optional=True),
+             Metric("drift", "[cls] attention drift Σ‖A − A₀‖²", spec="#.3g", bold_best=False, optional=True))
+
+
 @dataclass
 class Cell:
     """One method/condition at one dataset and rate, at the λ chosen for it."""
@@ -86,15 +107,25 @@ class Cell:
     dataset: str
     rate: float
     lam: float
-    seeds: list[int]
-    top1: list[float]
-    top5: list[float]
+    runs: list[Run]  # the chosen λ's runs, by seed
     lams_tried: list[float] = field(default_factory=list)
     fallback: bool = False  # no run at 0.1α, α or 10α: the best of the λ values that were run
 
     @property
     def n(self) -> int:
-        return len(self.top1)
+        return len(self.runs)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    def values(self, key: str) -> list[float]:
+        """``final.json[key]`` of the cell's runs, leaving out the runs where it is absent or null."""
+        return [float(v) for r in self.runs if (v := r.final.get(key)) is not None]
+
+    def mean(self, metric: Metric) -> float | None:
+        xs = self.values(metric.key)
+        return mean_std(xs)[0] if xs else None
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -179,9 +210,8 @@ def best_cells(runs: list[Run]) -> tuple[dict[tuple, Cell], list[str]]:
         lam = max(candidates, key=score)
         chosen = sorted(by_lam[lam], key=lambda r: r.seed)
         warnings += _pooling_warnings(chosen)
-        cells[key] = Cell(method, key[1], key[2], key[3], key[4], lam, [r.seed for r in chosen],
-                          [float(r.final["top1"]) for r in chosen], [float(r.final.get("top5", math.nan)) for r in chosen],
-                          lams_tried=candidates, fallback=fallback)
+        cells[key] = Cell(method, key[1], key[2], key[3], key[4], lam, chosen, lams_tried=candidates,
+                          fallback=fallback)
     return cells, warnings
 
 
@@ -245,6 +275,10 @@ class Table:
     def cell(self, row: Row, dataset: str, rate: float) -> Cell | None:
         return self.cells.get((*row.key, dataset, rate))
 
+    def filled(self) -> list[tuple[Row, Cell]]:
+        """The table's cells that have runs, dataset by dataset, then row by row, then rate by rate."""
+        return [(row, c) for d in self.datasets for row in self.rows for q in self.rates if (c := self.cell(row, d, q))]
+
 
 def build_tables(runs: list[Run], labels: dict[str, dict[str, str]]) -> tuple[list[Table], list[str]]:
     cells, warnings = best_cells(runs)
@@ -300,13 +334,14 @@ def _count(items) -> dict:
     return out
 
 
-def fmt_cell(cell: Cell | None, max_n: int) -> str:
-    if cell is None:
+def fmt_cell(cell: Cell | None, max_n: int, metric: Metric = TOP1) -> str:
+    xs = cell.values(metric.key) if cell else []
+    if not xs:
         return "–"
-    m, s = mean_std(cell.top1)
-    text = f"{m:.2f}" if cell.n == 1 else f"{m:.2f} ± {s:.2f}"
-    if cell.n < max_n:
-        text += f" (n={cell.n})"
+    m, s = mean_std(xs)
+    text = f"{m:{metric.spec}}" if len(xs) == 1 else f"{m:{metric.spec}} ± {s:{metric.spec}}"
+    if len(xs) < max_n:
+        text += f" (n={len(xs)})"
     if cell.fallback:
         text += " †"
     return text
@@ -316,24 +351,24 @@ def rate_header(rate: float) -> str:
     return f"{rate * 100:g}%"
 
 
-def table_markdown(table: Table) -> str:
+def table_markdown(table: Table, metric: Metric = TOP1) -> str:
     header = ["Dataset", *table.row_header, *(rate_header(r) for r in table.rates)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * (1 + len(table.row_header))
                                                                 + ["---:"] * len(table.rates)) + "|"]
-    all_cells = [table.cell(r, d, q) for r in table.rows for d in table.datasets for q in table.rates]
-    max_n = max((c.n for c in all_cells if c), default=1)
+    max_n = max((len(c.values(metric.key)) for _, c in table.filled()), default=1)
     for dataset in table.datasets:
         rows = [r for r in table.rows if any(table.cell(r, dataset, q) for q in table.rates)]
         best = {}
         for rate in table.rates:
-            means = [mean_std(c.top1)[0] for r in rows if (c := table.cell(r, dataset, rate))]
-            best[rate] = max(means) if len(means) > 1 else None
+            means = [m for r in rows if (c := table.cell(r, dataset, rate)) and (m := c.mean(metric)) is not None]
+            best[rate] = max(means) if metric.bold_best and len(means) > 1 else None
         for i, row in enumerate(rows):
             texts = []
             for rate in table.rates:
                 cell = table.cell(row, dataset, rate)
-                text = fmt_cell(cell, max_n)
-                if cell and best[rate] is not None and math.isclose(mean_std(cell.top1)[0], best[rate]):
+                text = fmt_cell(cell, max_n, metric)
+                mean = cell.mean(metric) if cell else None
+                if best[rate] is not None and mean is not None and math.isclose(mean, best[rate]):
                     text = f"**{text}**"
                 texts.append(text)
             name = DATASET_TITLES.get(dataset, dataset) if i == 0 else ""
@@ -341,28 +376,50 @@ def table_markdown(table: Table) -> str:
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ["table", "dataset", "row", "method", "source", "transmix", "sampling_rate", "lam", "alpha",
-               "lams_tried", "lam_fallback", "n", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std"]
+CELL_COLUMNS = ["table", "dataset", "row", "method", "source", "transmix", "sampling_rate", "lam", "alpha",
+                "lams_tried", "lam_fallback", "n", "seeds"]
 
 
-def table_csv(table: Table, labels: dict[str, dict[str, str]]) -> str:
+def metric_columns(metrics: tuple[Metric, ...]) -> list[str]:
+    return [f"{m.key}_{part}" for m in metrics for part in (("mean", "std", "n") if m.optional else ("mean", "std"))]
+
+
+CSV_COLUMNS = CELL_COLUMNS + metric_columns((TOP1, TOP5))
+
+
+def table_csv(table: Table, labels: dict[str, dict[str, str]], metrics: tuple[Metric, ...] = (TOP1, TOP5)) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for dataset in table.datasets:
-        for row in table.rows:
-            for rate in table.rates:
-                c = table.cell(row, dataset, rate)
-                if c is None:
-                    continue
-                m1, s1 = mean_std(c.top1)
-                m5, s5 = mean_std(c.top5)
-                alpha = METHODS[c.method].default_lam if c.method in METHODS else 0.0
-                w.writerow([table.slug, dataset, " / ".join(row.label), c.method, source_label(c.source, labels),
-                            int(c.transmix), f"{rate:g}", f"{c.lam:g}", f"{alpha:g}",
-                            ";".join(f"{x:g}" for x in c.lams_tried), int(c.fallback), c.n,
-                            ";".join(str(s) for s in c.seeds), f"{m1:.4f}", f"{s1:.4f}", f"{m5:.4f}", f"{s5:.4f}"])
+    w.writerow(CELL_COLUMNS + metric_columns(metrics))
+    for row, c in table.filled():
+        alpha = METHODS[c.method].default_lam if c.method in METHODS else 0.0
+        w.writerow([table.slug, c.dataset, " / ".join(row.label), c.method, source_label(c.source, labels),
+                    int(c.transmix), f"{c.rate:g}", f"{c.lam:g}", f"{alpha:g}",
+                    ";".join(f"{x:g}" for x in c.lams_tried), int(c.fallback), c.n,
+                    ";".join(str(s) for s in c.seeds), *(x for m in metrics for x in _metric_stats(c, m))])
     return buf.getvalue()
+
+
+def _metric_stats(cell: Cell, metric: Metric) -> list:
+    """mean, std (and, for an optional metric, how many runs have it); empty where no run has it."""
+    xs = cell.values(metric.key)
+    stats = [f"{x:.4f}" for x in mean_std(xs)] if xs else ["", ""]
+    return stats + [len(xs)] if metric.optional else stats
+
+
+def has_attention(table: Table) -> bool:
+    """Whether a run of the table's cells has a Jaccard: without masks there is nothing to show."""
+    return any(c.values("jaccard_merged") for _, c in table.filled())
+
+
+def attention_markdown(table: Table) -> str:
+    """The attention section's body: one table per metric, laid out (and λ-chosen) as ``table``."""
+    intro = ("Table 2's cells at the λ chosen there on top-1 (not re-chosen on the Jaccard): mean ± sample "
+             "standard deviation over seeds of the Jaccard (%) between the last block's [cls] attention masks and "
+             "the test split's object masks (heads merged; best head per image), and of the drift Σ‖A − A₀‖² "
+             "between the trained and the initial model's [cls] attention logits on a probe batch. –: no run with "
+             "a value (no masks); (n=k): fewer runs with a value than elsewhere.")
+    return "\n\n".join([intro, *(f"### {m.title}\n\n{table_markdown(table, m)}" for m in ATTENTION)])
 
 
 RUNS_COLUMNS = ["run", "dataset", "method", "source", "transmix", "sampling_rate", "lam", "seed", "steps",
@@ -527,9 +584,10 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                      f"{', '.join(got.unreadable[:5])}.")
     for table in tables:
         parts += ["", f"## {table.title}", "", table_markdown(table)]
-        path = out / f"{table.slug}.csv"
-        write_text(path, table_csv(table, got.labels))
-        files.append(path)
+        files.append(_write(out / f"{table.slug}.csv", table_csv(table, got.labels)))
+        if table.slug == "table2" and has_attention(table):
+            parts += ["", "## Attention (Table 2's runs)", "", attention_markdown(table)]
+            files.append(_write(out / "table2_attention.csv", table_csv(table, got.labels, ATTENTION)))
     curves, baselines = figure4_curves(runs)
     parts.append("")
     if curves:
@@ -550,6 +608,11 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     write_text(out / "report.md", markdown)
     files.insert(0, out / "report.md")
     return Report(markdown, files)
+
+
+def _write(path: Path, text: str) -> Path:
+    write_text(path, text)
+    return path
 
 
 def _curve_summary(curves: list[Curve]) -> str:

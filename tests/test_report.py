@@ -12,7 +12,7 @@ from gtaseg.report import CSV_COLUMNS, collect, make_report, mean_std
 
 
 def fake_run(root, name, *, method="gta", lam=None, data="cub", rate=0.15, seed=0, top1=50.0, transmix=False,
-             source="dino.pth", finished=True, steps=3000):
+             source="dino.pth", finished=True, steps=3000, **final):
     from gtaseg.methods import METHODS
 
     lam = METHODS[method].default_lam if lam is None else lam
@@ -24,7 +24,7 @@ def fake_run(root, name, *, method="gta", lam=None, data="cub", rate=0.15, seed=
     if finished:
         (d / "final.json").write_text(json.dumps({"top1": top1, "top5": min(100.0, top1 + 20), "method": method,
                                                   "lam": lam, "sampling_rate": rate, "seed": seed, "steps": steps,
-                                                  "transmix": transmix, "data": data}))
+                                                  "transmix": transmix, "data": data, **final}))
     return d
 
 
@@ -134,6 +134,64 @@ def test_tables_3_5_6(tmp_path):
     sup = [r for r in t6 if r["method"] == "gta" and r["source"] == "supervised"][0]
     assert float(sup["top1_mean"]) == pytest.approx(65.5)
     assert "guide-block" not in {r["method"] for r in read_csv(tmp_path / "table2.csv")}
+
+
+@pytest.fixture
+def masked_runs(tmp_path):
+    """Pet (with masks): top-1 picks GTA's λ = 1, the Jaccard would pick λ = 10. Cars: no masks, Jaccard null."""
+    root = tmp_path / "runs"
+    per_lam = {  # λ: (top-1, Jaccard merged, Jaccard best, drift) per seed
+        0.1: ([83.0, 83.0, 83.0], [55.0, 56.0, 57.0], [65.0, 65.0, 65.0], [0.5, 0.5, 0.5]),
+        1.0: ([85.0, 86.0, 90.0], [45.0, 47.0, 52.0], [60.0, 61.0, 62.0], [1.5, 2.5, 3.5]),
+        10.0: ([84.0, 84.0, 84.0], [70.0, 71.0, 72.0], [80.0, 80.0, 80.0], [9.0, 9.0, 9.0]),
+    }
+    for lam, (top1, merged, best, drift) in per_lam.items():
+        for s in range(3):
+            fake_run(root, f"pet/gta_lam{lam:g}_r1_s{s}", lam=lam, data="pet", rate=1.0, seed=s, top1=top1[s],
+                     jaccard_merged=merged[s], jaccard_best=best[s], drift=drift[s])
+    for s, (top1, merged) in enumerate([(80.0, 40.0), (81.0, 44.0), (82.0, None)]):  # seed 2: no Jaccard
+        fake_run(root, f"pet/baseline_r1_s{s}", method="baseline", lam=0.0, data="pet", rate=1.0, seed=s,
+                 top1=top1, jaccard_merged=merged, jaccard_best=merged, drift=4.0)
+    fake_run(root, "cars/gta_lam1_r1_s0", data="cars", rate=1.0, top1=70.0, jaccard_merged=None, jaccard_best=None,
+             drift=2.0)
+    return root
+
+
+def test_attention_table_at_table2_lambda(masked_runs):
+    rep = make_report(masked_runs)
+    t2 = {(r["dataset"], r["method"]): r for r in read_csv(masked_runs / "table2.csv")}
+    att = {(r["dataset"], r["method"]): r for r in read_csv(masked_runs / "table2_attention.csv")}
+    assert set(att) == set(t2)
+    gta = att[("pet", "gta")]
+    # λ = 1 (mean top-1 87 beats 83 and 84), although λ = 10 has the best Jaccard (71)
+    assert float(t2[("pet", "gta")]["lam"]) == 1.0 and float(gta["lam"]) == 1.0
+    assert float(gta["jaccard_merged_mean"]) == pytest.approx(48.0)  # (45 + 47 + 52) / 3
+    assert float(gta["jaccard_merged_std"]) == pytest.approx(math.sqrt((9 + 1 + 16) / 2), abs=1e-4)
+    assert gta["jaccard_merged_n"] == "3" and gta["seeds"] == "0;1;2"
+    assert float(gta["jaccard_best_mean"]) == pytest.approx(61.0)
+    assert float(gta["drift_mean"]) == pytest.approx(2.5) and float(gta["drift_std"]) == pytest.approx(1.0)
+    base = att[("pet", "baseline")]
+    assert base["n"] == "3" and base["jaccard_merged_n"] == "2"  # the null is left out, not counted as 0
+    assert float(base["jaccard_merged_mean"]) == pytest.approx(42.0)
+    cars = att[("cars", "gta")]
+    assert cars["jaccard_merged_mean"] == "" and cars["jaccard_merged_n"] == "0" and cars["drift_mean"] == "2.0000"
+    # Markdown: after Table 2, one table per metric; bold the best Jaccard, never a drift
+    md = rep.markdown
+    assert md.index("## Table 2") < md.index("## Attention (Table 2's runs)") < md.index("## Figure 4")
+    section = md[md.index("## Attention"):md.index("## Figure 4")]
+    assert "**48.00 ± 3.61**" in section and "42.00 ± 2.83 (n=2)" in section
+    assert "| Stanford Cars | gta | – |" in section
+    drift = section[section.index("### [cls] attention drift"):]
+    assert "| 2.50 ± 1.00 |" in drift and "| 4.00 ± 0.00 |" in drift and "**" not in drift
+    assert "71.00" not in section  # λ = 10's Jaccard is nowhere
+    assert (masked_runs / "table2.csv").read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
+
+
+def test_no_attention_table_without_jaccard(runs, tmp_path):
+    fake_run(runs, "pet/gta_lam1_r1_s0", data="pet", rate=1.0, jaccard_merged=None, jaccard_best=None, drift=1.0)
+    rep = make_report(runs)
+    assert "Attention" not in rep.markdown and "Jaccard" not in rep.markdown
+    assert not (runs / "table2_attention.csv").exists()
 
 
 def test_report_cli_and_out(runs, tmp_path):
