@@ -5,18 +5,22 @@ One process, one model, one fixed batch. Every timed round runs, in turn:
 * ``baseline``: ``Trainer.train_step`` of ``--method baseline`` (cross-entropy only);
 * ``gta``: ``Trainer.train_step`` of ``--method gta`` (this project's path: fused SDPA stays on, the [cls]
   row of each block is computed from the qkv projection by a forward hook);
-* ``naive``: the same GTA trainer and step with fused attention turned off in target and source and the
-  full T×T pre-softmax map of every block computed and kept, as attention-visualisation code does;
+* ``naive``: the same GTA trainer and step the way attention-visualisation code gets attention: fused
+  attention turned off in target and source (each block builds its T×T softmax map), and the full
+  pre-softmax T×T map q·kᵀ of every block computed in the qkv hook and kept until the step ends; the loss
+  reads the [cls] row of those maps, so its value is the project path's;
 * ``source``: the frozen source's forward alone, under ``torch.inference_mode()``.
 
 The floor of any GTA is ``baseline + source``. Times are medians over ``--steps`` rounds after ``--warmup``
-rounds; the configurations are interleaved so that drift of the machine hits them all alike.
+rounds; the configurations are interleaved so that drift of the machine hits them all alike, and the
+per-round ("paired") ratios are reported beside the ratios of medians.
 
-Peak memory is measured in a separate child process per configuration (peak RSS, VmHWM, is per process and
-never goes down): the whole process's max RSS, that peak minus the RSS just before the first step (the
-step's working set) and, on a GPU, ``torch.cuda.max_memory_allocated``.
+Peak memory is measured in a separate child process per configuration: the process's peak RSS (VmHWM; peak
+RSS is per process and never goes down), that peak minus the RSS just before the first step (the step's
+working set), on the CPU torch's allocator view (tensors held between steps + the peak one step allocates,
+from the profiler's memory events) and on a GPU ``torch.cuda.max_memory_allocated``.
 
-CPU defaults (a few minutes on 2 cores)::
+CPU defaults (a few minutes on 2 idle cores)::
 
     python bench/train_step.py --json bench/results-cpu.json
 
@@ -103,7 +107,7 @@ def naive_attention(trainer: Trainer, kept: list):
             a.fused_attn = f
 
 
-def step_functions(args, root: Path, configs) -> tuple[dict, Trainer | None]:
+def step_functions(args, root: Path, configs, all_trainers: bool = False) -> tuple[dict, Trainer | dict | None]:
     """A zero-argument callable per configuration that runs one step (or one source forward)."""
     device = torch.device(args.device)
     trainers = {}
@@ -113,6 +117,8 @@ def step_functions(args, root: Path, configs) -> tuple[dict, Trainer | None]:
         trainers["gta"] = make_trainer("gta", args, root)
     any_trainer = next(iter(trainers.values()))
     images, labels = fixed_batch(args, len(any_trainer.classes), device)
+    for t in trainers.values():
+        t.bench_batch = (images, labels)
     batches = itertools.repeat((images, labels))
     fns = {}
     if "baseline" in configs:
@@ -132,9 +138,9 @@ def step_functions(args, root: Path, configs) -> tuple[dict, Trainer | None]:
 
         def source():
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                return gta.source_features(images) if hasattr(gta, "source_features") else gta.source.forward_features(images)
+                return gta.source_features(images)  # the trainer's (compiled with --compile) source forward
         fns["source"] = source
-    return fns, trainers.get("gta")
+    return fns, (trainers if all_trainers else trainers.get("gta"))
 
 
 def sync(device: str) -> None:
@@ -161,6 +167,49 @@ def max_rss_mb() -> float:
     return hwm if hwm == hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def tensor_bytes(*objects) -> int:
+    """Bytes of the distinct storages held by modules' parameters, buffers and gradients and by optimizers'
+    state: what the allocator holds between steps."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            key = (t.untyped_storage().data_ptr(), t.device)
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            for t in itertools.chain(obj.parameters(), obj.buffers()):
+                add(t)
+                add(t.grad)
+        elif isinstance(obj, torch.optim.Optimizer):
+            for state in obj.state.values():
+                for t in state.values():
+                    add(t)
+        else:
+            add(obj)
+    return total
+
+
+def allocator_peak_mb(fn) -> float:
+    """Peak of the bytes torch's CPU allocator handed out during one call of ``fn``, above what was allocated
+    when it started, from the profiler's memory events (allocations positive, frees negative)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())
+    level = peak = 0
+    for e in events:
+        level += e.nbytes()
+        peak = max(peak, level)
+    return peak / 2**20
+
+
 def time_configs(args, configs) -> dict:
     """Interleaved rounds of every configuration; per-configuration medians in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,14 +232,14 @@ def time_configs(args, configs) -> dict:
     # Wall-clock medians are the figures; the process's CPU time (all its threads) is kept beside them because
     # on a shared machine other jobs stretch wall time but much less the CPU time this process itself used.
     return {c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "all_s": [round(x, 4) for x in v],
-                "cpu_median_s": statistics.median(cpu[c])}
+                "cpu_median_s": statistics.median(cpu[c]), "images_per_s": args.batch_size / statistics.median(v)}
             for c, v in times.items()}
 
 
 def child_memory(args, config: str) -> dict:
     """Run inside a fresh process: set up one configuration, then a few steps; report its peaks."""
     with tempfile.TemporaryDirectory() as tmp:
-        fns, _ = step_functions(args, make_folder(Path(tmp), args.classes), [config])
+        fns, trainers = step_functions(args, make_folder(Path(tmp), args.classes), [config], all_trainers=True)
         cuda = torch.device(args.device).type == "cuda"
         if cuda:
             torch.cuda.synchronize()
@@ -204,6 +253,13 @@ def child_memory(args, config: str) -> dict:
         sync(args.device)
         result = {"max_rss_mb": max_rss_mb(), "rss_before_steps_mb": before}
         result["step_rss_mb"] = result["max_rss_mb"] - before
+        if not cuda:
+            # Allocator view, free of malloc's caching and fragmentation: tensors held between steps (weights,
+            # AdamW state, the source, the batch) plus the peak of what one more step allocates on top.
+            held = tensor_bytes(*[x for t in trainers.values() for x in (t.model, t.source, t.optimizer)
+                                  if x is not None], *next(iter(trainers.values())).bench_batch) / 2**20
+            step_peak = allocator_peak_mb(fns[config])
+            result.update(alloc_held_mb=held, alloc_step_peak_mb=step_peak, alloc_peak_mb=held + step_peak)
         if cuda:
             result["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
             result["gpu_allocated_before_steps_mb"] = before_gpu
@@ -276,7 +332,7 @@ def ratios(times: dict, memory: dict | None, key: str = "median_s", prefix: str 
                         x / (b + s) for x, b, s in zip(rounds[c], rounds["baseline"], rounds["source"]))
     r = {prefix + k: v for k, v in r.items()}
     if memory and "baseline" in memory:
-        for key in ("max_rss_mb", "step_rss_mb", "gpu_max_allocated_mb"):
+        for key in ("max_rss_mb", "step_rss_mb", "alloc_peak_mb", "alloc_step_peak_mb", "gpu_max_allocated_mb"):
             for c in ("gta", "naive"):
                 if c in memory and key in memory[c] and memory["baseline"].get(key):
                     r[f"memory {key} {c}/baseline"] = memory[c][key] / memory["baseline"][key]
@@ -332,6 +388,9 @@ def main(argv=None) -> dict:
                                "cpu_cores": os.cpu_count(), "load_average_at_start": os.getloadavg()},
                "memory_method": "one child process per configuration: max_rss_mb = peak RSS of that process (VmHWM); "
                                 "step_rss_mb = that peak minus the RSS just before the first step; "
+                                "alloc_peak_mb (CPU) = torch's CPU allocator: bytes of the tensors held between "
+                                "steps (weights, grads, AdamW state, source, batch) + the peak of what one more "
+                                "step allocates (profiler memory events); "
                                 "gpu_max_allocated_mb = torch.cuda.max_memory_allocated (GPU only)",
                "runs": {}}
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]

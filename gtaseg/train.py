@@ -281,16 +281,18 @@ class Trainer:
             images = mixed.images
         logit_blocks = sorted(set(self.guided if guide == "logits" else []) | ({self.last_block} if mixed else set()))
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+            if self.source is not None:
+                # Inference mode: no autograd bookkeeping at all for the frozen source (its recorded tensors
+                # are only ever subtracted from the target's, which saves nothing of them for backward). It
+                # runs first, so its transient activations are gone before the target's saved ones pile up:
+                # GTA's peak memory is the baseline's plus the source's weights.
+                with torch.inference_mode(), capture(self.source, self.guided if guide == "logits" else [],
+                                                     block_outputs=self.guided if guide == "block" else (),
+                                                     msa_outputs=self.guided if guide == "msa" else ()) as src:
+                    self.source_features(images)
             with capture(self.model, logit_blocks, block_outputs=self.guided if guide == "block" else (),
                          msa_outputs=self.guided if guide == "msa" else ()) as cap:
                 features, logits = self.forward(images)
-            if self.source is not None:
-                # Inference mode: no autograd bookkeeping at all for the frozen source (its recorded tensors
-                # are only ever subtracted from the target's, which saves nothing of them for backward).
-                with torch.inference_mode(), capture(self.source, self.guided if guide == "logits" else [],
-                                              block_outputs=self.guided if guide == "block" else (),
-                                              msa_outputs=self.guided if guide == "msa" else ()) as src:
-                    self.source_features(images)
         if mixed is not None:
             grid = tuple(s // self.info.patch_size for s in images.shape[-2:])
             targets = self.transmix.soft_targets(mixed, cap.cls_attention(self.last_block), grid)

@@ -44,7 +44,7 @@ def test_ranks_split_every_global_batch(world):
         assert sorted(together) == sorted(single[s * b * world:(s + 1) * b * world])
 
 
-def test_single_process_context_is_inert():
+def test_single_process_context_is_inert(monkeypatch):
     ctx = distributed.current()
     assert not ctx.enabled and ctx.is_main and ctx.world_size == 1
     values = {"loss": torch.tensor(2.5), "ce": 1.0}
@@ -52,6 +52,8 @@ def test_single_process_context_is_inert():
     assert float(out["loss"]) == 2.5 and float(out["ce"]) == 1.0
     assert distributed.broadcast_object({"a": 1}) == {"a": 1}
     assert distributed.device_for("cpu", ctx) == torch.device("cpu")
+    # Rank 1 of 2 maps plain "cuda" to its local GPU (pretend there is CUDA: this is a CPU machine).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert distributed.device_for("cuda", distributed.Context(1, 2, 1)) == torch.device("cuda:1")
 
 
