@@ -10,14 +10,17 @@ from tqdm import tqdm
 @torch.inference_mode()
 def topk_accuracy(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "accuracy") -> dict[str, float]:
     """``{"top1", "top5", "count"}`` in percent; top-5 is top-k with k = number of classes when fewer than 5."""
-    correct1 = correct5 = count = 0
+    # Counts stay on the device until the end: one host sync per evaluation, not per batch.
+    correct1 = torch.zeros((), dtype=torch.long, device=device)
+    correct5 = torch.zeros((), dtype=torch.long, device=device)
+    count = 0
     for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(images)
         top = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
         hits = top == labels[:, None]
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=-1).sum().item()
+        correct1 += hits[:, 0].sum()
+        correct5 += hits.any(dim=-1).sum()
         count += len(labels)
-    return {"top1": 100.0 * correct1 / max(count, 1), "top5": 100.0 * correct5 / max(count, 1), "count": count}
+    return {"top1": 100.0 * correct1.item() / max(count, 1), "top5": 100.0 * correct5.item() / max(count, 1), "count": count}
