@@ -216,6 +216,7 @@ def time_configs(args, configs) -> dict:
         fns, _ = step_functions(args, make_folder(Path(tmp), args.classes), configs)
         times = {c: [] for c in configs}
         cpu = {c: [] for c in configs}
+        warm = {c: [] for c in configs}
         for r in range(args.warmup + args.steps):
             for c in configs:
                 sync(args.device)
@@ -227,12 +228,15 @@ def time_configs(args, configs) -> dict:
                 if r >= args.warmup:
                     times[c].append(time.perf_counter() - t0)
                     cpu[c].append(time.process_time() - c0)
+                else:
+                    warm[c].append(round(time.perf_counter() - t0, 3))
             print(f"  round {r + 1}/{args.warmup + args.steps}: " + "  ".join(
-                f"{c} {(times[c][-1] if times[c] else float('nan')):.3f}s" for c in configs), file=sys.stderr)
+                f"{c} {(times[c] or warm[c])[-1]:.3f}s" for c in configs), file=sys.stderr)
     # Wall-clock medians are the figures; the process's CPU time (all its threads) is kept beside them because
     # on a shared machine other jobs stretch wall time but much less the CPU time this process itself used.
     return {c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "all_s": [round(x, 4) for x in v],
-                "cpu_median_s": statistics.median(cpu[c]), "images_per_s": args.batch_size / statistics.median(v)}
+                "cpu_median_s": statistics.median(cpu[c]), "images_per_s": args.batch_size / statistics.median(v),
+                "warmup_s": warm[c]}  # the first warm-up round includes torch.compile's compile time
             for c, v in times.items()}
 
 
@@ -295,7 +299,7 @@ def eval_voc(args) -> dict:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        shown = " ".join(["gtaseg", *cmd[4:]])
+        shown = " ".join(["gtaseg", *cmd[3:]])
         if proc.returncode != 0:
             return {"todo": f"TODO: eval-voc failed ({shown}): {proc.stderr.strip()[-400:]}"}
         data = json.loads(out.read_text())
@@ -406,7 +410,8 @@ def main(argv=None) -> dict:
             args.forward_argv = _without_option(args.forward_argv, "--compile")
             memory = measure_memory(args, run_configs)
         results["runs"][name] = {"times": times, "memory": memory, "ratios": ratios(times, memory),
-                                 "cpu_time_ratios": ratios(times, None, "cpu_median_s", "cpu ")}
+                                 "cpu_time_ratios": ratios(times, None, "cpu_median_s", "cpu "),
+                                 "min_ratios": ratios(times, None, "min_s", "min ")}
     if args.eval_limit > 0:
         results["eval_voc"] = eval_voc(args)
     else:
@@ -449,7 +454,7 @@ def report(results: dict) -> None:
             print(f"{c:<10}{t['median_s']:>10.4f}{t['cpu_median_s']:>9.3f}{s['batch_size'] / t['median_s']:>9.1f}"
                   f"{m.get('max_rss_mb', float('nan')):>12.0f}{m.get('step_rss_mb', float('nan')):>13.0f}"
                   f"{m.get('gpu_max_allocated_mb', float('nan')):>13.0f}")
-        for k, v in {**run["ratios"], **run["cpu_time_ratios"]}.items():
+        for k, v in {**run["ratios"], **run["cpu_time_ratios"], **run["min_ratios"]}.items():
             print(f"  {k}: {v}")
     print(f"\neval-voc: {results['eval_voc']}")
 

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -162,7 +162,19 @@ class Trainer:
             self.forward = self.ddp = DistributedDataParallel(
                 self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.source_features = None if self.source is None else self.source.forward_features
+        self._kept = None
         if cfg.compile:
+            # By default Dynamo does not guard on module hooks, so a graph traced without them (another
+            # trainer's, say) would be reused and the hooks never run: make it guard on them. And so that the
+            # guards never fail step after step (a recompile each time), the capture hooks are registered
+            # once, before tracing, and stay on; each micro-batch clears what they recorded (see _recording).
+            from torch._dynamo import config as dynamo_config
+
+            dynamo_config.skip_nnmodule_hook_guards = False
+            self._hooks = ExitStack()
+            self._kept = {"target": self._hooks.enter_context(self._capture(self.model, cfg.transmix))}
+            if self.source is not None:
+                self._kept["source"] = self._hooks.enter_context(self._capture(self.source))
             self.forward = torch.compile(self.forward)
             if self.source is not None:
                 self.source_features = torch.compile(self.source.forward_features)
@@ -273,25 +285,37 @@ class Trainer:
                             worker_init_fn=ignore_stop_signals)
         return self._readable(iter(loader), len(self.train_set))  # iter() now: it draws from torch's RNG
 
+    def _capture(self, model: nn.Module, last_block_logits: bool = False):
+        """A capture of what the method guides in ``model`` (and the last block's [cls] logits for TransMix)."""
+        guide = self.method.guide
+        logit_blocks = sorted(set(self.guided if guide == "logits" else []) | ({self.last_block} if last_block_logits else set()))
+        return capture(model, logit_blocks, block_outputs=self.guided if guide == "block" else (),
+                       msa_outputs=self.guided if guide == "msa" else ())
+
+    def _recording(self, which: str, last_block_logits: bool = False):
+        """The capture for one forward of the target or the source: fresh hooks, or under --compile the
+        permanent ones with their records cleared."""
+        if self._kept is not None:
+            kept = self._kept[which]
+            for records in (kept.row_logits, kept.block_out, kept.msa_out):
+                records.clear()
+            return nullcontext(kept)
+        return self._capture(self.model if which == "target" else self.source, last_block_logits)
+
     def loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy plus λ·(the method's term) for one micro-batch; both models run forward once."""
-        guide = self.method.guide
         mixed = self.transmix.mix(images, labels) if self.transmix else None
         if mixed is not None:
             images = mixed.images
-        logit_blocks = sorted(set(self.guided if guide == "logits" else []) | ({self.last_block} if mixed else set()))
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
             if self.source is not None:
                 # Inference mode: no autograd bookkeeping at all for the frozen source (its recorded tensors
                 # are only ever subtracted from the target's, which saves nothing of them for backward). It
                 # runs first, so its transient activations are gone before the target's saved ones pile up:
                 # GTA's peak memory is the baseline's plus the source's weights.
-                with torch.inference_mode(), capture(self.source, self.guided if guide == "logits" else [],
-                                                     block_outputs=self.guided if guide == "block" else (),
-                                                     msa_outputs=self.guided if guide == "msa" else ()) as src:
+                with torch.inference_mode(), self._recording("source") as src:
                     self.source_features(images)
-            with capture(self.model, logit_blocks, block_outputs=self.guided if guide == "block" else (),
-                         msa_outputs=self.guided if guide == "msa" else ()) as cap:
+            with self._recording("target", mixed is not None) as cap:
                 features, logits = self.forward(images)
         if mixed is not None:
             grid = tuple(s // self.info.patch_size for s in images.shape[-2:])
