@@ -31,6 +31,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("bss", "BSS: shrink the smallest singular value of the batch features before the head", 0.001),
     Method("attn-only", "train only the attention parameters (and the head)", trains=(".attn.",)),
     Method("ffn-only", "train only the MLP parameters (and the head)", trains=(".mlp.",)),
+    Method("linear", "linear probing: train only the new head on the frozen backbone", trains=()),
     Method("guide-block", "L2 guidance of every guided block's output z′ towards the source", 1.0,
            needs_source=True, guide="block"),
     Method("guide-msa", "L2 guidance of every guided block's MSA output towards the source", 1.0,

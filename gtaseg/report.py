@@ -13,6 +13,8 @@ accuracy, which flatters the regularised methods a little; the report's footnote
 - Attention (Table 2's runs): for Table 2's cells, at the λ chosen there on top-1, the mean ± std of the
   Jaccard of the [cls] attention masks (heads merged, best head) and of the attention drift; written only when
   a run of those cells has a Jaccard (``final.json`` ``jaccard_merged``; null where the data has no masks).
+- Drift during training: for Table 2's cells, the attention drift each run logged in ``metrics.jsonl``, mean ±
+  std over seeds per step (drift.png, drift.csv); written only when those runs logged it.
 - Figure 4: top-1 against λ for GTA (or, without GTA runs, the other methods with a λ), baseline dashed.
 
 A table is written only when the runs hold what it compares (Table 3 needs guide-block or guide-msa runs,
@@ -442,6 +444,82 @@ def _num(x) -> str:
     return "" if x is None else f"{float(x):.4f}"
 
 
+# ---------------------------------------------------------------------------- drift during training
+
+
+@dataclass
+class DriftCurve:
+    dataset: str
+    label: str  # the table row, e.g. "gta"
+    rate: float
+    lam: float
+    steps: list[int]
+    runs: list[list[float]]  # per step, the drift of each run that logged it
+
+
+def drift_curves(table: Table, runs_dir: Path) -> list[DriftCurve]:
+    """The drift logged during training by the runs of each of ``table``'s cells (rows without it: none)."""
+    curves = []
+    for row, cell in table.filled():
+        by_step: dict[int, list[float]] = defaultdict(list)
+        for run in cell.runs:
+            try:
+                lines = (runs_dir / run.name / "metrics.jsonl").read_text().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                    by_step[int(record["step"])].append(float(record["drift"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a row without drift, or one cut short by a kill
+        if by_step:
+            steps = sorted(by_step)
+            curves.append(DriftCurve(cell.dataset, " ".join(row.label), cell.rate, cell.lam, steps,
+                                     [by_step[s] for s in steps]))
+    return curves
+
+
+def drift_csv(curves: list[DriftCurve]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["dataset", "method", "sampling_rate", "lam", "step", "n", "drift_mean", "drift_std"])
+    for c in curves:
+        for step, xs in zip(c.steps, c.runs):
+            m, s = mean_std(xs)
+            w.writerow([c.dataset, c.label, f"{c.rate:g}", f"{c.lam:g}", step, len(xs), f"{m:.4f}", f"{s:.4f}"])
+    return buf.getvalue()
+
+
+def drift_png(curves: list[DriftCurve], path: str | os.PathLike) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    order = dataset_order({c.dataset for c in curves})
+    panels = sorted({(c.dataset, c.rate) for c in curves}, key=lambda p: (order.index(p[0]), p[1]))
+    ncols = min(len(panels), 4)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    colours = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(c.label for c in curves))}
+    for i, (dataset, rate) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        for c in (c for c in curves if (c.dataset, c.rate) == (dataset, rate)):
+            stats = [mean_std(xs) for xs in c.runs]
+            name = c.label + (f" (λ {c.lam:g})" if c.lam else "")
+            ax.errorbar(c.steps, [m for m, _ in stats], yerr=[s for _, s in stats], color=colours[c.label],
+                        marker="o", markersize=3, capsize=2, label=name)
+        ax.set_yscale("symlog", linthresh=1.0)  # drift spans 0 (frozen) to thousands
+        ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)}, {rate_header(rate)} of the data")
+        ax.set_xlabel("step")
+        ax.set_ylabel("drift Σ‖A − A₀‖²")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("[cls] attention drift from the initial model during training (Table 2's runs; bars: ± std "
+                 "over seeds)", fontsize=9)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
 # ------------------------------------------------------------------------------------------ figure 4
 
 
@@ -588,6 +666,12 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         if table.slug == "table2" and has_attention(table):
             parts += ["", "## Attention (Table 2's runs)", "", attention_markdown(table)]
             files.append(_write(out / "table2_attention.csv", table_csv(table, got.labels, ATTENTION)))
+        if table.slug == "table2" and (drift := drift_curves(table, Path(runs_dir))):
+            drift_png(drift, out / "drift.png")
+            files += [out / "drift.png", _write(out / "drift.csv", drift_csv(drift))]
+            parts += ["", "## Attention drift during training (Table 2's runs)", "", "![drift](drift.png)", "",
+                      ("Drift Σ‖A − A₀‖² of the [cls] attention logits from the initial model on the run's probe "
+                       "images, as logged in metrics.jsonl; per step in drift.csv.")]
     curves, baselines = figure4_curves(runs)
     parts.append("")
     if curves:

@@ -10,7 +10,7 @@ A sweep config (YAML or JSON) holds::
 
 Each job is ``base`` plus one point of the grid (a grid value overrides ``base``). A grid key is a :class:`~gtaseg.train.TrainConfig` field or
 ``lam_factor``: λ as a multiple of the method's default α (the paper's 0.1α, α, 10α). Methods without a λ
-(α = 0: baseline, attn-only, ffn-only) ignore ``lam`` and ``lam_factor``, so they run once per remaining point.
+(α = 0: baseline, attn-only, ffn-only, linear) ignore ``lam`` and ``lam_factor``, so they run once per remaining point.
 
 A job's run directory is named from its values (``cub/gta_lam1_r0.15_s0``), so the same job in two configs
 sharing a runs dir runs once. A run is finished iff its ``final.json`` exists (train writes it last,

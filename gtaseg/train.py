@@ -83,6 +83,8 @@ PRESETS = {
 
 # Test images on which the [cls]-logit drift from the initial weights is logged during training.
 PROBE_IMAGES = 16
+# Under torchrun a stop signal is polled every this many steps: polling costs a collective and a host sync.
+SIGNAL_POLL_STEPS = 10
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -98,6 +100,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cfg.crop_scale = tuple(cfg.crop_scale)
     if cfg.on_bad_image not in ("stop", "skip"):
         raise GtasegError(f"--on-bad-image {cfg.on_bad_image!r}: choose stop or skip")
+    if cfg.data == "synthetic":
+        from gtaseg.data.synthetic import SyntheticConfig
+
+        SyntheticConfig.from_options(cfg.synthetic)
     return cfg
 
 
@@ -272,7 +278,7 @@ class Trainer:
             return None
         from gtaseg.data.synthetic import SyntheticConfig, generate
 
-        return generate(SyntheticConfig(**self.cfg.synthetic))
+        return generate(SyntheticConfig.from_options(self.cfg.synthetic))
 
     def batches(self):
         """Micro-batches from the current position of the seeded stream, onwards forever."""
@@ -373,6 +379,12 @@ class Trainer:
             return flag
         return float(distributed.all_reduce_mean({"flag": float(flag)})["flag"]) > 0
 
+    def _stop_requested(self, stop: StopSignals) -> bool:
+        """A SIGINT/SIGTERM on any rank; every rank polls at the same steps, so all stop together."""
+        if not self.dist.enabled:
+            return stop.signum is not None
+        return self.step % SIGNAL_POLL_STEPS == 0 and self._any_rank(stop.signum is not None)
+
     def fit(self) -> None:
         cfg = self.cfg
         batches = self.batches()
@@ -418,7 +430,7 @@ class Trainer:
                         f.write(json.dumps(row) + "\n")
                 bar.set_postfix({k: row[k] for k in ("loss", "ce", "reg", "images_per_s")})
                 self.log_sums, self.log_count, t0 = {}, 0, time.perf_counter()
-            stopping = self._any_rank(stop.signum is not None)
+            stopping = self._stop_requested(stop)
             if stopping or self.step == cfg.steps or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
                 self._check_finite(guard)  # never overwrite the last good checkpoint
                 self.save_checkpoint()
@@ -447,7 +459,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
 
     Under ``torchrun`` every rank calls this: they train together and only rank 0 writes files and
     evaluates; every rank returns rank 0's ``final``."""
-    out = Path(out)
+    out, cfg = Path(out), resolve(cfg)  # bad options fail before the run directory exists
     created = distributed.setup(cfg.device)  # joins torchrun's ranks; a no-op in a single process
     main = distributed.current().is_main
     if (out / "config.json").exists() and not resume:

@@ -4,8 +4,10 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from gtaseg import distributed
+from gtaseg.checkpointing import CHECKPOINT, load_state
 from gtaseg.cli import main
 from gtaseg.data.sampler import SeededStream
+from gtaseg.train import SIGNAL_POLL_STEPS
 
 # lr 2e-5: AdamW divides each update by √v + 1e-8, so an entry whose gradient is ~1e-8 turns float32 roundoff
 # (sums over the batch in another order) into an update difference of up to ~lr. At 2e-5 that stays < 1e-5,
@@ -57,17 +61,21 @@ def test_single_process_context_is_inert(monkeypatch):
     assert distributed.device_for("cuda", distributed.Context(1, 2, 1)) == torch.device("cuda:1")
 
 
+def torchrun_env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
+           "PYTHONWARNINGS": "ignore"}
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
 def test_two_ranks_under_torchrun_match_one_process(tmp_path, tiny_folder):
     """torchrun --nproc_per_node 2 with 2 images × 2 accumulated micro-batches per rank against one process
     with batch 8: same global batch of 8, so the same weights after 3 steps (≤ 1e-5), the same logged
     loss terms (averaged over ranks), and only rank 0 wrote files."""
     multi, single = tmp_path / "ddp", tmp_path / "single"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-           "PYTHONWARNINGS": "ignore"}
-    env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", gtaseg_script(),
            "train", "--data", str(tiny_folder), *TINY, "--batch-size", "2", "--accum-steps", "2", "--out", str(multi)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=torchrun_env(), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("run written to") == 2  # both ranks finished; each prints rank 0's result
 
@@ -97,3 +105,24 @@ def test_two_ranks_under_torchrun_match_one_process(tmp_path, tiny_folder):
     final = json.loads((multi / "final.json").read_text())
     assert final["world_size"] == 2 and final["steps"] == 3
     assert json.loads((multi / "config.json").read_text())["batch_size"] == 2
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_one_polled_step(tmp_path, tiny_folder):
+    """The stop signal is polled across ranks only every SIGNAL_POLL_STEPS steps; all ranks still stop together
+    at such a step, with one checkpoint written, and exit with SIGTERM's code."""
+    out, steps = tmp_path / "ddp", 400
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", gtaseg_script(),
+           "train", "--data", str(tiny_folder), *TINY, "--steps", str(steps), "--batch-size", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=torchrun_env(),
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler does: to torchrun and both ranks
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert stderr.count("SIGTERM received: stopped after step") == 2, stderr[-3000:]  # both ranks stopped cleanly, not killed
+    stopped = load_state(out / CHECKPOINT)["step"]
+    assert stopped % SIGNAL_POLL_STEPS == 0 and 3 <= stopped < steps
+    assert not (out / "final.json").exists()

@@ -89,11 +89,14 @@ def test_each_method_updates_exactly_its_parameters(tmp_path, tiny_folder, metho
         expected = {n for n in before if ".attn." in n or n.startswith("head.")}
     elif method == "ffn-only":
         expected = {n for n in before if ".mlp." in n or n.startswith("head.")}
+    elif method == "linear":
+        expected = {n for n in before if n.startswith("head.")}
     else:
         expected = set(before)
     # AdamW moves every parameter with a gradient; anything outside `expected` must stay bit-identical.
     assert changed <= expected
     assert changed >= {n for n in expected if n.startswith("head.") or ".attn.qkv" in n or ".mlp.fc1" in n}
+    assert changed >= {n for n in before if n.startswith("head.")}
 
 
 def test_transmix_trains_and_uses_last_block_attention(tmp_path, tiny_folder):

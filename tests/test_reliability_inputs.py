@@ -291,3 +291,10 @@ def test_truncated_voc_image_read_in_a_worker(voc, tiny_ckpt, earlier_report):
     truncate(bad)
     one_line_error(eval_voc(voc, tiny_ckpt, earlier_report, "--workers", 1), str(bad), "truncated")
     assert earlier_report.read_bytes() == before
+
+
+def test_unknown_synthetic_option(tmp_path):
+    for command in (["train", *TRAIN, "--out", tmp_path / "run"], ["eval-masks", "--ckpt", "random:vit_tiny_patch16_224", "--data", "synthetic"]):
+        one_line_error(invoke(*command, "--synthetic", "part_size=2"), "unknown synthetic option part_size",
+                       "part_scale")
+    assert not (tmp_path / "run").exists()

@@ -218,3 +218,29 @@ def test_collect_skips_lock_folder_and_unreadable(tmp_path):
     got = collect(tmp_path)
     assert [r.name for r in got.runs] == ["a/gta_lam1_r1_s0"]
     assert got.unreadable == ["a/gta_lam1_r1_s1"]
+
+
+def test_drift_during_training_for_table2_cells(runs):
+    """Mean ± std over seeds per logged step, only at Table 2's chosen λ; a torn last line is skipped."""
+    def log(name, drifts, torn=False):
+        text = "".join(json.dumps({"step": 10 * (i + 1), "loss": 1.0, "drift": d}) + "\n" for i, d in enumerate(drifts))
+        (runs / name / "metrics.jsonl").write_text(text + ('{"step": 30, "dri' if torn else ""))
+
+    for s, (a, b) in enumerate([(100.0, 300.0), (200.0, 500.0), (300.0, 700.0)]):
+        log(f"cub/baseline_r0.15_s{s}", [a, b], torn=s == 0)
+        log(f"cub/gta_lam1_r0.15_s{s}", [1.0 + s, 2.0 + s])  # Table 2 takes λ = 1
+        log(f"cub/gta_lam10_r0.15_s{s}", [0.0, 0.0])
+    rep = make_report(runs)
+    rows = {(r["method"], r["lam"], r["step"]): r for r in read_csv(runs / "drift.csv")}
+    assert float(rows[("baseline", "0", "20")]["drift_mean"]) == pytest.approx(500.0)
+    assert float(rows[("baseline", "0", "20")]["drift_std"]) == pytest.approx(200.0)
+    assert rows[("gta", "1", "10")]["n"] == "3" and float(rows[("gta", "1", "10")]["drift_mean"]) == pytest.approx(2.0)
+    assert not any(lam == "10" for _, lam, _ in rows) and ("baseline", "0", "30") not in rows
+    assert not any(m == "l2sp" for m, _, _ in rows)  # no metrics.jsonl: no curve
+    assert (runs / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Attention drift during training" in rep.markdown and runs / "drift.png" in rep.files
+
+
+def test_no_drift_section_without_metrics(runs):
+    rep = make_report(runs)
+    assert "drift during training" not in rep.markdown and not (runs / "drift.png").exists()

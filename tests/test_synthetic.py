@@ -132,7 +132,7 @@ def test_config_key_cache_root_and_validation(monkeypatch, tmp_path):
     assert default_cache_root() == tmp_path / "synthetic"
     for bad in (dict(num_classes=1), dict(num_classes=21), dict(shortcut=1.5), dict(image_size=16),
                 dict(object_area=(0.5, 0.2)), dict(object_area="0.2"), dict(train_per_class=0), dict(seed=0.5),
-                dict(seed=-1), dict(shortcut="high")):
+                dict(seed=-1), dict(shortcut="high"), dict(part_scale=0.1), dict(part_scale=3)):
         with pytest.raises(GtasegError):
             SyntheticConfig(**bad)
 
@@ -208,3 +208,21 @@ def test_classes_differ_only_in_the_small_parts():
         assert 0 < outline_change.sum() < 0.15 * object_area
         near_tail = ndimage.binary_dilation(outline_change, iterations=cfg.image_size // 10)  # and its shadow
         assert not ((other_tail != image).any(-1) & ~near_tail).any()
+
+
+def test_part_scale_enlarges_only_the_class_parts():
+    """The same scene with larger parts: the same spot count, more spot area, longer tail prongs.
+
+    1.3 is the largest scale at which spots never touch, so they can still be counted one by one."""
+    for seed in range(4):
+        def draw(part_scale):
+            return synthetic.render(SyntheticConfig(part_scale=part_scale), 2, 0, np.random.default_rng(seed))
+
+        small, small_mask = draw(1.0)
+        large, large_mask = draw(1.3)
+        small_spots, small_thin = object_features(small, small_mask)
+        large_spots, large_thin = object_features(large, large_mask)
+        assert small_spots == large_spots == 3
+        dark = [((image.max(-1) < 60) & (mask > 0)).sum() for image, mask in ((small, small_mask), (large, large_mask))]
+        assert dark[1] > 1.4 * dark[0]  # spot area grows with the square of the radius (1.3² = 1.69)
+        assert large_thin > small_thin  # longer fork prongs: a larger share of the object is thin

@@ -241,7 +241,7 @@ def visualize(ckpts: tuple[str, ...], labels: tuple[str, ...], images: tuple[str
         columns.append(Column(label, model_maps(model, info, pictures, size=image_size, mode=mode, mass=mass,
                                                 block=block, device=dev)))
         del model  # one model in memory at a time
-    render_grid(pictures, [p.stem for p in paths], columns, size=image_size, mode=mode, out=out)
+    render_grid(pictures, [f"{p.parent.name}/{p.stem}" for p in paths], columns, size=image_size, mode=mode, out=out)
     click.echo(f"{len(paths)}x{len(columns)} grid written to {out}")
 
 
@@ -254,7 +254,7 @@ def _load_split(data: str, data_root: str | None, split: str, synthetic_opts: tu
     if data == "synthetic":
         from gtaseg.data.synthetic import SyntheticConfig, generate
 
-        synthetic_root = generate(SyntheticConfig(**parse_kv(synthetic_opts)))
+        synthetic_root = generate(SyntheticConfig.from_options(parse_kv(synthetic_opts)))
     return load_split(data, split, data_root, synthetic_root)
 
 

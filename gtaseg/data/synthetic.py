@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,8 @@ class SyntheticConfig:
     tint matches the class at rate ``shortcut + (1 - shortcut) / num_classes``.
     ``object_area`` is the range of the object's target share of the image area (large objects are shrunk to fit
     the frame whole, so the largest are rarer). ``clutter`` is the mean number of distractor shapes per image.
+    ``part_scale`` multiplies the spot radius and the tail length, so it sets how visible the class cue is.
+    Above about 1.3 neighbouring spots can touch.
     """
 
     num_classes: int = 10
@@ -63,6 +65,7 @@ class SyntheticConfig:
     seed: int = 0
     object_area: tuple[float, float] = (0.15, 0.45)
     clutter: int = 8
+    part_scale: float = 1.0
 
     def __post_init__(self) -> None:
         # Values also arrive as CLI strings ("object_area=0.2,0.4"), YAML lists and ints for floats: normalise them
@@ -77,6 +80,7 @@ class SyntheticConfig:
         area = self.object_area.split(",") if isinstance(self.object_area, str) else self.object_area
         try:
             object.__setattr__(self, "shortcut", float(self.shortcut))
+            object.__setattr__(self, "part_scale", float(self.part_scale))
             object.__setattr__(self, "object_area", tuple(float(x) for x in area))
         except (TypeError, ValueError) as e:
             raise GtasegError(f"synthetic shortcut and object_area must be numbers ({e})") from e
@@ -93,8 +97,19 @@ class SyntheticConfig:
         lo, hi = self.object_area
         if not 0.02 <= lo <= hi <= 0.6:
             raise GtasegError(f"synthetic object_area must satisfy 0.02 <= low <= high <= 0.6, got {self.object_area}")
+        if not 0.25 <= self.part_scale <= 2.0:
+            raise GtasegError(f"synthetic part_scale must be in [0.25, 2], got {self.part_scale}")
         if self.clutter < 0 or self.seed < 0:
             raise GtasegError(f"synthetic clutter and seed must be >= 0, got {self.clutter} and {self.seed}")
+
+    @classmethod
+    def from_options(cls, options: dict) -> SyntheticConfig:
+        """The config from ``--synthetic KEY=VALUE`` pairs or a YAML mapping; an unknown key is a one-line error."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise GtasegError(f"unknown synthetic option {', '.join(unknown)}; known: {', '.join(known)}")
+        return cls(**options)
 
     @property
     def classes(self) -> list[str]:
@@ -319,7 +334,7 @@ def _draw_critter(cfg: SyntheticConfig, canvas: np.ndarray, label: int, rng: np.
     # Class-independent body-plan jitter.
     width = rng.uniform(0.66, 0.78)
     head_x, head_r = rng.uniform(0.88, 0.98), rng.uniform(0.36, 0.44)
-    tail_len = rng.uniform(0.55, 0.7)
+    tail_len = rng.uniform(0.55, 0.7) * cfg.part_scale
 
     # Placement: sample a target area and orientation, shrink only if the rotated outline cannot fit the frame.
     a = np.linspace(0, 2 * np.pi, 48)
@@ -390,7 +405,7 @@ def _draw_critter(cfg: SyntheticConfig, canvas: np.ndarray, label: int, rng: np.
     spot_sdf = np.full_like(u, np.inf)
     for su, sv in _SPOT_LAYOUTS[spots]:
         su, sv = su + rng.uniform(-0.04, 0.04), sv * width / 0.72 + rng.uniform(-0.03, 0.03)
-        spot_sdf = np.minimum(spot_sdf, np.hypot(u - su, v - sv) - _SPOT_RADIUS * rng.uniform(0.9, 1.1))
+        spot_sdf = np.minimum(spot_sdf, np.hypot(u - su, v - sv) - _SPOT_RADIUS * cfg.part_scale * rng.uniform(0.9, 1.1))
     out = paint(out, cover(spot_sdf) * body, dark * shade[..., None] + spec[..., None])
     shade, spec = dome((u - head_x) / head_r, v / head_r)
     out = paint(out, head, base * (0.92 * shade * mottle)[..., None] + spec[..., None])
