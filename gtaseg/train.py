@@ -224,15 +224,23 @@ class Trainer:
     def _readable(self, batches, size: int):
         """The (images, labels) of ``collate_marked`` batches, after :meth:`_bad_images`; empty ones dropped."""
         empty = 0
-        for images, labels, bad in batches:
-            self._bad_images(bad)
-            if labels is not None:
-                empty = 0
-                yield images, labels
-                continue
-            empty += 1
-            if empty * self.cfg.batch_size >= 2 * size:  # two epochs' worth of positions: nothing is readable
-                raise DataError(f"{self.cfg.data}: none of the {size} images could be read")
+        try:
+            for images, labels, bad in batches:
+                self._bad_images(bad)
+                if labels is not None:
+                    empty = 0
+                    yield images, labels
+                    continue
+                empty += 1
+                if empty * self.cfg.batch_size >= 2 * size:  # two epochs' worth of positions: nothing is readable
+                    raise DataError(f"{self.cfg.data}: none of the {size} images could be read")
+        finally:
+            # Stop the loader's workers now, not whenever the garbage collector finds the iterator: they ignore
+            # SIGTERM (ignore_stop_signals), so multiprocessing's exit handler could not stop them and would
+            # wait for them forever.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     @torch.inference_mode()
     def _probe(self) -> tuple[Tensor, Tensor]:
@@ -400,6 +408,7 @@ class Trainer:
                 self._loop(batches, bar, FiniteGuard(), stop, images_per_step)
         finally:
             bar.close()
+            batches.close()  # its loader workers stop here, on success, error or signal alike
 
     def _check_finite(self, guard: FiniteGuard) -> None:
         """Stop if a loss since the start was NaN/inf (on any rank); one host sync, so only where the loop

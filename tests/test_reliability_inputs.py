@@ -1,6 +1,7 @@
 """Bad input gets one line naming the file and the problem, a non-zero exit code and no traceback (unless
 --debug), and leaves earlier outputs untouched; odd but valid image modes are converted."""
 import json
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,9 @@ def test_truncated_image_stops_the_run_with_its_name(folder, tmp_path):
     line = one_line_error(result, str(bad), "truncated", "--on-bad-image skip")
     assert "worker" not in line
     assert not (tmp_path / "run" / "model.safetensors").exists()
+    # The workers are gone although the error (held by `result`) still references the loader: they ignore
+    # SIGTERM, so left behind they would hang the interpreter's exit.
+    assert not multiprocessing.active_children()
 
 
 def test_skip_counts_unreadable_files_and_names_them(folder, tmp_path):
