@@ -110,9 +110,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_scale: float) -> list[dict]:
     """timm's weight-decay groups (none on biases, norms and tokens), each split so that the new classifier
     head learns at ``head_lr_scale`` × ``lr`` (transfer-learning practice, as in the L2-SP and BSS papers)."""
+    head_ids = {id(p) for n, p in model.named_parameters() if n.startswith("head.")}
     groups = []
     for group in param_groups_weight_decay(model, weight_decay):
-        head_ids = {id(p) for n, p in model.named_parameters() if n.startswith("head.")}
         head = [p for p in group["params"] if id(p) in head_ids]
         body = [p for p in group["params"] if id(p) not in head_ids]
         groups += [{**group, "params": ps, "lr": lr * scale} for ps, scale in ((body, 1.0), (head, head_lr_scale)) if ps]
