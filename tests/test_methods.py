@@ -51,16 +51,19 @@ def test_lambda_zero_gives_baseline_gradients(tmp_path, tiny_folder):
     assert any(not torch.equal(grads(gta, images, labels)[n], g_base[n]) for n in g_base)
 
 
-def test_gta_gradient_matches_the_formula(tmp_path, tiny_folder):
-    """d/dθ of λ·Σ‖A − Ã‖² (mean over the batch) computed by hand from an unfused reference."""
-    t = make_trainer(tmp_path, tiny_folder, method="gta", lam=2.5)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_gta_gradient_matches_the_formula(tmp_path, tiny_folder, reduction):
+    """d/dθ of λ·Σ‖A − Ã‖² (mean over the batch; --lam-reduction mean: over every entry too) computed by hand
+    from an unfused reference."""
+    t = make_trainer(tmp_path, tiny_folder, method="gta", lam=2.5, lam_reduction=reduction)
     with torch.no_grad():
         t.model.blocks[1].attn.qkv.weight.mul_(1.3)
     images, labels = batch(t)
     _, terms = t.loss(images, labels)
     from tests.test_attention import reference_cls_logits
 
-    expected = ((reference_cls_logits(t.model, images) - reference_cls_logits(t.source, images)) ** 2).sum((1, 2, 3)).mean()
+    squares = (reference_cls_logits(t.model, images) - reference_cls_logits(t.source, images)) ** 2
+    expected = squares.sum((1, 2, 3)).mean() if reduction == "sum" else squares.mean()
     torch.testing.assert_close(terms["reg"], expected.detach(), rtol=1e-4, atol=1e-5)
 
 

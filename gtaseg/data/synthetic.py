@@ -3,8 +3,11 @@
 Every image shows one "critter" (a shaded oval body, a head with an eye and a tail) on a cluttered, tinted
 background. All classes share the body plan and colour distribution; a class is fixed only by two small parts:
 the number of dark spots on the back (1-5, laid out like dice pips) and the shape of the tail (fork, fan,
-spike, round). In the train split the background tint follows the class with probability ``shortcut``; in the
-test split it is independent of the class. See ``data/SYNTHETIC.md``.
+spike, round). The class-correlated shortcut (``cue``) is either the background tint (``tint``: a global cue that
+every token carries) or a small class-specific glyph in the background, away from the object (``glyph``: a
+localised cue that only attention on the background can pick up). In the train split the cue follows the class
+with probability ``shortcut``; in the validation and test splits it is independent of the class. See
+``data/SYNTHETIC.md``.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from gtaseg.io import write_json
 
 # Bump whenever a change alters the pixels, so stale caches are not reused.
 GENERATOR_VERSION = 1
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "val")  # indices are RNG stream keys: append only
+CUES = ("tint", "glyph")
 TAILS = ("fork", "fan", "spike", "round")
 MAX_SPOTS = 5
 MAX_CLASSES = MAX_SPOTS * len(TAILS)
@@ -54,7 +58,10 @@ class SyntheticConfig:
     ``object_area`` is the range of the object's target share of the image area (large objects are shrunk to fit
     the frame whole, so the largest are rarer). ``clutter`` is the mean number of distractor shapes per image.
     ``part_scale`` multiplies the spot radius and the tail length, so it sets how visible the class cue is.
-    Above about 1.3 neighbouring spots can touch.
+    Above about 1.3 neighbouring spots can touch. ``val_per_class`` images per class form a validation split
+    drawn like test (0: no validation split). ``cue`` picks the shortcut: ``tint`` (the background's hue family)
+    or ``glyph`` (a flat class-specific shape of side ``cue_size`` × the image, pasted where it does not overlap
+    the object; the tint is then independent of the class in every split).
     """
 
     num_classes: int = 10
@@ -66,11 +73,15 @@ class SyntheticConfig:
     object_area: tuple[float, float] = (0.15, 0.45)
     clutter: int = 8
     part_scale: float = 1.0
+    val_per_class: int = 0
+    cue: str = "tint"
+    cue_size: float = 0.2
 
     def __post_init__(self) -> None:
         # Values also arrive as CLI strings ("object_area=0.2,0.4"), YAML lists and ints for floats: normalise them
         # so that equal configs share one cache key.
-        for name in ("num_classes", "train_per_class", "test_per_class", "image_size", "seed", "clutter"):
+        for name in ("num_classes", "train_per_class", "test_per_class", "image_size", "seed", "clutter",
+                     "val_per_class"):
             value = getattr(self, name)
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
@@ -81,6 +92,7 @@ class SyntheticConfig:
         try:
             object.__setattr__(self, "shortcut", float(self.shortcut))
             object.__setattr__(self, "part_scale", float(self.part_scale))
+            object.__setattr__(self, "cue_size", float(self.cue_size))
             object.__setattr__(self, "object_area", tuple(float(x) for x in area))
         except (TypeError, ValueError) as e:
             raise GtasegError(f"synthetic shortcut and object_area must be numbers ({e})") from e
@@ -99,8 +111,13 @@ class SyntheticConfig:
             raise GtasegError(f"synthetic object_area must satisfy 0.02 <= low <= high <= 0.6, got {self.object_area}")
         if not 0.25 <= self.part_scale <= 2.0:
             raise GtasegError(f"synthetic part_scale must be in [0.25, 2], got {self.part_scale}")
-        if self.clutter < 0 or self.seed < 0:
-            raise GtasegError(f"synthetic clutter and seed must be >= 0, got {self.clutter} and {self.seed}")
+        if self.clutter < 0 or self.seed < 0 or self.val_per_class < 0:
+            raise GtasegError(f"synthetic clutter, seed and val_per_class must be >= 0, got {self.clutter}, "
+                              f"{self.seed} and {self.val_per_class}")
+        if self.cue not in CUES:
+            raise GtasegError(f"synthetic cue must be one of {', '.join(CUES)}, got {self.cue!r}")
+        if not 0.05 <= self.cue_size <= 0.4:
+            raise GtasegError(f"synthetic cue_size must be in [0.05, 0.4], got {self.cue_size}")
 
     @classmethod
     def from_options(cls, options: dict) -> SyntheticConfig:
@@ -114,6 +131,13 @@ class SyntheticConfig:
     @property
     def classes(self) -> list[str]:
         return [f"c{k:02d}_{k % MAX_SPOTS + 1}spot_{TAILS[k // MAX_SPOTS]}" for k in range(self.num_classes)]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return SPLITS if self.val_per_class else SPLITS[:2]
+
+    def per_class(self, split: str) -> int:
+        return getattr(self, f"{split}_per_class")
 
     @property
     def key(self) -> str:
@@ -138,15 +162,17 @@ def generate(cfg: SyntheticConfig, root: str | os.PathLike | None = None) -> Pat
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{cfg.key}.", suffix=".partial"))
     try:
-        backgrounds = {split: _write_split(cfg, tmp, split) for split in SPLITS}
+        drawn = {split: _write_split(cfg, tmp, split) for split in cfg.splits}
         write_json(tmp / "manifest.json", {
             "generator_version": GENERATOR_VERSION,
             "key": cfg.key,
             "config": asdict(cfg),
             "classes": cfg.classes,
-            "counts": {"train": cfg.num_classes * cfg.train_per_class, "test": cfg.num_classes * cfg.test_per_class},
-            # background_family[split][label][i]: the tint family of image i of class `label`, for shortcut analysis
-            "background_family": backgrounds,
+            "counts": {split: cfg.num_classes * cfg.per_class(split) for split in cfg.splits},
+            # background_family[split][label][i]: the tint family of image i of class `label`; cue_class likewise
+            # the class whose glyph it shows (cue "glyph" only), for shortcut analysis
+            "background_family": {split: families for split, (families, _) in drawn.items()},
+            **({"cue_class": {split: glyphs for split, (_, glyphs) in drawn.items()}} if cfg.cue == "glyph" else {}),
         })
         if final.exists() and not _is_complete(final, cfg):
             shutil.rmtree(final)  # an interrupted or stale dataset
@@ -161,7 +187,8 @@ def generate(cfg: SyntheticConfig, root: str | os.PathLike | None = None) -> Pat
 
 
 def synthetic_split(root: str | os.PathLike, split: str) -> Split:
-    """The ``split`` ("train" or "test") of the dataset that :func:`generate` returned, with its object masks."""
+    """The ``split`` ("train", "test" or, when generated, "val") of the dataset that :func:`generate` returned,
+    with its object masks."""
     root = Path(root)
     if split not in SPLITS:
         raise DataError(f"synthetic split must be one of {SPLITS}, got {split!r}")
@@ -169,13 +196,29 @@ def synthetic_split(root: str | os.PathLike, split: str) -> Split:
         manifest = json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{root}: not a complete synthetic dataset ({e}); generate it again") from e
-    per_class = manifest["config"][f"{split}_per_class"]
+    per_class = manifest["config"].get(f"{split}_per_class", 0)
+    if not per_class:
+        raise DataError(f"{root}: this synthetic dataset has no {split} split (generate it with "
+                        f"--synthetic {split}_per_class=N)")
     samples, masks = [], []
     for label, name in enumerate(manifest["classes"]):
         for i in range(per_class):
             samples.append((str(root / split / name / f"{i:04d}.png"), label))
             masks.append(str(root / "masks" / split / name / f"{i:04d}.png"))
     return Split(samples=samples, classes=list(manifest["classes"]), masks=masks)
+
+
+def cue_mask_paths(split: Split) -> list[str] | None:
+    """The glyph masks of a synthetic split's images (``cue_masks/`` beside the images), or None when the data
+    has no localised cue."""
+    if not split.samples:
+        return None
+    paths = []
+    for image, _ in split.samples:
+        image = Path(image)
+        root, rel = image.parents[2], image.relative_to(image.parents[2])
+        paths.append(root / "cue_masks" / rel)
+    return [str(p) for p in paths] if paths[0].is_file() else None
 
 
 def _is_complete(path: Path, cfg: SyntheticConfig) -> bool:
@@ -191,31 +234,94 @@ def _rng(cfg: SyntheticConfig, stream: int, split: str, label: int, index: int) 
     return np.random.default_rng([cfg.seed, stream, SPLITS.index(split), label, index])
 
 
-def _background_families(cfg: SyntheticConfig, split: str, label: int) -> list[int]:
-    n, count = cfg.num_classes, getattr(cfg, f"{split}_per_class")
-    rng = _rng(cfg, 0, split, label, 0)
-    # Independent tints are drawn balanced (each family equally often, up to rounding), so the test split has
-    # no chance correlation with the class either.
-    families = (np.arange(count) + rng.integers(n)) % n
-    rng.shuffle(families)
+def _cue_classes(cfg: SyntheticConfig, split: str, label: int, stream: int, shortcut: float) -> list[int]:
+    """Which class's cue each image of (split, label) shows: its own in a ``shortcut`` share of train images."""
+    n, count = cfg.num_classes, cfg.per_class(split)
+    rng = _rng(cfg, stream, split, label, 0)
+    # Independent cues are drawn balanced (each class's cue equally often, up to rounding), so the validation and
+    # test splits have no chance correlation with the class either.
+    cues = (np.arange(count) + rng.integers(n)) % n
+    rng.shuffle(cues)
     if split == "train":
-        own = rng.permutation(count)[: round(cfg.shortcut * count)]
-        families[own] = label
-    return [int(f) for f in families]
+        own = rng.permutation(count)[: round(shortcut * count)]
+        cues[own] = label
+    return [int(c) for c in cues]
 
 
-def _write_split(cfg: SyntheticConfig, root: Path, split: str) -> list[list[int]]:
-    backgrounds = []
+def _write_split(cfg: SyntheticConfig, root: Path, split: str) -> tuple[list[list[int]], list[list[int]]]:
+    """Write one split; returns per class the images' tint families and (cue "glyph") glyph classes."""
+    backgrounds, glyphs = [], []
     for label, name in enumerate(cfg.classes):
         (root / split / name).mkdir(parents=True)
         (root / "masks" / split / name).mkdir(parents=True)
-        families = _background_families(cfg, split, label)
+        if cfg.cue == "tint":
+            families, cues = _cue_classes(cfg, split, label, 0, cfg.shortcut), []
+        else:  # the tint is drawn as an uncorrelated test tint is; stream 2 keeps it apart from the glyphs'
+            families, cues = _cue_classes(cfg, split, label, 2, 0.0), _cue_classes(cfg, split, label, 0, cfg.shortcut)
+            (root / "cue_masks" / split / name).mkdir(parents=True)
         for i, family in enumerate(families):
-            image, mask = render(cfg, label, family, _rng(cfg, 1, split, label, i))
+            rng = _rng(cfg, 1, split, label, i)
+            image, mask = render(cfg, label, family, rng)
+            if cues:
+                image, cue_mask = paste_glyph(cfg, image, mask, cues[i], rng)
+                Image.fromarray(cue_mask).save(root / "cue_masks" / split / name / f"{i:04d}.png")
             Image.fromarray(image).save(root / split / name / f"{i:04d}.png")
             Image.fromarray(mask).save(root / "masks" / split / name / f"{i:04d}.png")
         backgrounds.append(families)
-    return backgrounds
+        glyphs.append(cues)
+    return backgrounds, glyphs
+
+
+GLYPH_SHAPES = ("disc", "square", "triangle", "cross", "diamond")
+
+
+def glyph_look(cfg: SyntheticConfig, cue: int) -> tuple[str, np.ndarray]:
+    """Class ``cue``'s glyph: a shape and a saturated colour, both fixed by the class, so either one alone
+    identifies it (distinct hues up to 20 classes; shapes repeat every five)."""
+    hue = (cue * 0.381966) % 1.0  # golden-ratio steps keep neighbouring classes' hues far apart
+    return GLYPH_SHAPES[cue % len(GLYPH_SHAPES)], _hsv(hue, 0.9, 0.95)
+
+
+def paste_glyph(cfg: SyntheticConfig, image: np.ndarray, mask: np.ndarray, cue: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Paste class ``cue``'s flat glyph onto the background of ``image``, clear of the object ``mask``.
+
+    The glyph goes where its box keeps a margin from the object; among the positions that do, one is drawn at
+    random (when none does, the least overlapping one, and the object stays on top). Returns the image and the
+    glyph's 0/1 mask (object pixels excluded), which measures attention mass on the cue.
+    """
+    size = cfg.image_size
+    side = int(round(cfg.cue_size * size * rng.uniform(0.9, 1.1)))
+    margin = max(2, size // 40)
+    grown = np.asarray(Image.fromarray(mask * 255).filter(ImageFilter.MaxFilter(2 * margin + 1))) > 0
+    # Overlap of every box position with the grown object, by a summed-area table.
+    table = np.pad(grown.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    free = size - side + 1
+    overlap = table[side:, side:] - table[:free, side:] - table[side:, :free] + table[:free, :free]
+    candidates = np.argwhere(overlap == overlap.min())
+    y, x = candidates[rng.integers(len(candidates))]
+    shape, colour = glyph_look(cfg, cue)
+    big = 4 * side  # drawn large and box-filtered down, for smooth edges
+    layer = Image.new("L", (big, big))
+    draw = ImageDraw.Draw(layer)
+    c, r = big / 2, big / 2 - 1
+    if shape == "disc":
+        draw.ellipse([c - r, c - r, c + r, c + r], fill=255)
+    elif shape == "square":
+        draw.rectangle([c - 0.85 * r, c - 0.85 * r, c + 0.85 * r, c + 0.85 * r], fill=255)
+    elif shape == "triangle":
+        draw.polygon([(c, c - r), (c + r, c + 0.8 * r), (c - r, c + 0.8 * r)], fill=255)
+    elif shape == "cross":
+        w = 0.35 * r
+        draw.rectangle([c - r, c - w, c + r, c + w], fill=255)
+        draw.rectangle([c - w, c - r, c + w, c + r], fill=255)
+    else:  # diamond
+        draw.polygon([(c, c - r), (c + r, c), (c, c + r), (c - r, c)], fill=255)
+    alpha = np.zeros((size, size))
+    alpha[y:y + side, x:x + side] = np.asarray(layer.resize((side, side), Image.BOX), dtype=np.float64) / 255
+    alpha *= 1 - mask  # the object stays on top
+    out = image * (1 - alpha[..., None]) + colour * 255 * alpha[..., None]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), (alpha >= 0.5).astype(np.uint8)
 
 
 def render(cfg: SyntheticConfig, label: int, family: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
