@@ -757,8 +757,8 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         if table.slug == "table2" and paper is not None:
             parts += ["", f"## {paper.title}", "", table_markdown(paper)]
             text += table_csv(paper, got.labels, metrics, header=False)
-            parts += ["", "### Train cross-entropy at the end (fair protocol's settings)", "",
-                      table_markdown(table, TRAIN_CE)]
+            parts += ["", "### The chosen settings", "", settings_markdown(table, paper), "",
+                      "### Train cross-entropy at the end (fair protocol's settings)", "", table_markdown(table, TRAIN_CE)]
             files.append(_write(out / "seeds.yaml", seed_followup(runs_dir, table, paper)))
             parts += ["", "Settings chosen on seed 0 alone get their other seeds from `seeds.yaml` (a sweep config "
                           "of the chosen settings): `gtaseg sweep seeds.yaml`, then this report again."]
@@ -772,7 +772,13 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             parts += ["", "## Attention drift during training (Table 2's runs)", "", "![drift](drift.png)", "",
                       ("Drift Σ‖A − A₀‖² of the [cls] attention logits from the initial model on the run's probe "
                        "images, as logged in metrics.jsonl; per step in drift.csv.")]
-    curves, baselines = figure4_curves(runs)
+    fig_runs, fig_note = runs, ""
+    if effect:  # one lr per method: the one chosen on validation (a curve over pooled lrs would mean nothing)
+        chosen = {(c.method, c.dataset, c.rate): c.lr for t in tables if t.slug == "table2" for _, c in t.filled()}
+        fig_runs = [r for r in runs if r.lr is not None
+                    and math.isclose(r.lr, chosen.get((r.method, r.dataset, r.rate)) or -1.0, rel_tol=1e-6)]
+        fig_note = " Each method at the lr chosen for it on validation."
+    curves, baselines = figure4_curves(fig_runs)
     parts.append("")
     if curves:
         png = out / "figure4.png"
@@ -780,7 +786,7 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         write_text(out / "figure4.csv", figure4_csv(curves, got.labels))
         files += [png, out / "figure4.csv"]
         parts.append("## Figure 4: accuracy against λ\n\n![Figure 4](figure4.png)\n\n"
-                     f"Points (λ: n runs): {_curve_summary(curves)}.")
+                     f"Points (λ: n runs): {_curve_summary(curves)}.{fig_note}")
     else:
         parts.append("## Figure 4\n\nNo runs of a method with a λ; no figure.")
     parts += ["", "---", ""] + [f"- {n}" for n in footnotes(tables, runs, effect)]
@@ -792,6 +798,20 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     write_text(out / "report.md", markdown)
     files.insert(0, out / "report.md")
     return Report(markdown, files)
+
+
+def settings_markdown(*tables: Table) -> str:
+    """One row per chosen cell: its protocol, λ, lr and the validation top-1 it was chosen by."""
+    lines = ["| protocol | rate | method | λ | lr | chosen on | val top-1 | test top-1 | seeds |",
+             "|---|---:|---|---:|---:|---|---:|---:|---|"]
+    for table in tables:
+        for _, c in table.filled():
+            has_lam = c.method in METHODS and METHODS[c.method].default_lam
+            val, test = (fmt_cell(c, 0, m) for m in (VAL_TOP1, TOP1))
+            lines.append(f"| {c.protocol.name} | {rate_header(c.rate)} | {c.method} | {f'{c.lam:g}' if has_lam else '–'} "
+                         f"| {'' if c.lr is None else f'{c.lr:g}'} | {c.protocol.selected_on} | {val} | {test} "
+                         f"| {','.join(str(x) for x in c.seeds)} |")
+    return "\n".join(lines)
 
 
 FOLLOWUP_SEEDS = (1, 2)

@@ -232,6 +232,10 @@ def test_fair_choice_on_validation_and_paper_choice_at_fixed_lr(effect_runs):
     assert float(rows[("paper", "baseline")]["top1_mean"]) == 45
     assert fair_gta["lam_reduction"] == "mean" and fair_gta["lrs_tried"] == "1e-05;0.0001"
     assert "chosen per method on validation" in rep.markdown and "the paper's protocol" in rep.markdown
+    assert "| fair | 15% | gta | 10 | 1e-05 | val | 35.00 ± 35.36 | 51.00 ± 1.41 | 0,1 |" in rep.markdown
+    assert "| paper | 15% | gta | 100 | 0.0001 | test |" in rep.markdown
+    points = read_csv(effect_runs / "figure4.csv")  # GTA's curve at its chosen lr (1e-5) only
+    assert [(float(p["lam"]), float(p["top1_mean"])) for p in points] == [(10.0, 51.0), (100.0, 58.0)]
     attention = read_csv(effect_runs / "table2_attention.csv")
     assert "mass_cue_mean" in attention[0] and float(attention[0]["mass_cue_mean"]) == 10.0
 
