@@ -96,9 +96,9 @@ def test_attention_boxes_from_hand_made_attention():
     att = torch.full((1, 2, 16), 0.01)
     att[0, 0, [5, 6, 9, 10]] = 1.0  # head 0: a 2×2 block in the middle
     att[0, 1, [0, 15]] = 0.5  # head 1: two corners
-    (merged,) = attention_boxes(att, resolve("gtaseg", mass=0.5), geometry)
+    (merged,) = attention_boxes(att, resolve("gtaseg", mass=0.5), geometry.grid, geometry.patch_size)
     assert merged == (10.0, 10.0, 30.0, 30.0)  # the head mean keeps (most of) the block, not the corners
-    (head1,) = attention_boxes(att, resolve("gtaseg", mass=0.5, box_head=1), geometry)
+    (head1,) = attention_boxes(att, resolve("gtaseg", mass=0.5, box_head=1), geometry.grid, geometry.patch_size)
     assert head1 == (0.0, 0.0, 10.0, 10.0)  # two single-patch components: the first in raster order
 
 
@@ -190,7 +190,8 @@ def test_eval_corloc_errors_are_one_line(tmp_path):
 
 def test_lost_preset_is_what_main_lost_runs():
     lost = PRESETS["lost"]
-    assert (lost.box_head, lost.connectivity, lost.components, lost.iou_rule, lost.mass, lost.block) == (4, 4, "lost", ">=", 0.6, -1)
+    assert (lost.resize, lost.box_head, lost.connectivity, lost.components, lost.iou_rule, lost.mass, lost.block) == (
+        "none", 4, 4, "lost", ">=", 0.6, -1)
     default = PRESETS["gtaseg"]
     assert (default.box_head, default.connectivity, default.components, default.iou_rule) == (None, 8, "largest", ">")
 
@@ -218,3 +219,66 @@ def test_horse_corloc_of_the_pretrained_model(horses_root, tmp_path):
     assert report["corloc"]["images"] == 24
     # Measured 66.7 % on these 24 (eval/PROTOCOL.md section 10): well above what a box of the whole frame gets.
     assert report["corloc"]["percent"] > 45
+
+
+def _lost_reference_box(model, info, path, head: int):
+    """main_lost.py + dino_seg for one image, transcribed: ToTensor, Normalize, zero pad to the patch,
+    the last block's [cls] attention of one head, threshold 0.6, LOST's component search."""
+    from torchvision import transforms as T
+
+    from gtaseg.attention import cls_attention
+
+    p = info.patch_size
+    img = T.Compose([T.ToTensor(), T.Normalize(info.mean, info.std)])(Image.open(path).convert("RGB"))
+    size = (3, int(np.ceil(img.shape[1] / p) * p), int(np.ceil(img.shape[2] / p) * p))
+    padded = torch.zeros(size)
+    padded[:, : img.shape[1], : img.shape[2]] = img
+    w_featmap, h_featmap = size[1] // p, size[2] // p
+    with torch.inference_mode():
+        att = cls_attention(model.eval(), padded[None])[0]  # [nh, N]
+    val, idx = torch.sort(att)
+    val /= torch.sum(val, dim=1, keepdim=True)
+    th = torch.cumsum(val, dim=1) > 0.4
+    th = torch.gather(th, 1, torch.argsort(idx)).reshape(-1, w_featmap, h_featmap)
+    return _lost_search_literal(th[head].numpy(), p)
+
+
+def test_lost_native_geometry_matches_main_lost(tmp_path):
+    """Images of two sizes in one batch (grouped by size, never padded to each other), each at its own
+    size: the boxes are those of LOST's per-image loop."""
+    from gtaseg.evaluation.inputs import padded_tensor
+    from gtaseg.models import create_vit, load_model, model_info, save_model
+
+    root = tmp_path / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    sizes = {"a": (48, 64), "b": (40, 50), "c": (48, 64), "d": (33, 47)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{name}.png")
+        (root / "JPEGImages" / f"{name}.png").rename(root / "JPEGImages" / f"{name}.jpg")  # lossless pixels
+        (root / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>{w // 2}</xmax><ymax>{h}</ymax>"
+            "</bndbox></object></annotation>")
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(sizes))
+    torch.manual_seed(0)
+    model = create_vit("vit_tiny_patch16_224")
+    ckpt = tmp_path / "m.safetensors"
+    save_model(ckpt, model, model_info(model, "vit_tiny_patch16_224"))
+    out = tmp_path / "c.json"
+    result = CliRunner().invoke(main, ["eval-corloc", "--ckpt", str(ckpt), "--voc-root", str(root), "--split", "trainval",
+                                       "--protocol", "lost", "--box-head", "2", "--batch-size", "4", "--workers", "0",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "native size, zero-padded to the patch" in result.output
+    report = json.loads(out.read_text())
+    assert report["protocol"]["resize"] == "none" and report["protocol"]["image_size"] is None
+    model, info = load_model(str(ckpt))
+    padded = padded_tensor(Image.open(root / "JPEGImages" / "b.jpg").convert("RGB"), 16, info.mean, info.std)
+    assert padded.shape == (3, 48, 64) and (padded[:, 40:] == 0).all() and (padded[:, :, 50:] == 0).all()
+    for r in report["per_image"]:
+        expected = _lost_reference_box(model, info, root / "JPEGImages" / f"{r['id']}.jpg", head=2)
+        assert tuple(r["box"]) == tuple(float(v) for v in expected), r["id"]
+        h, w = sizes[r["id"]]
+        assert r["iou"] == pytest.approx(box_iou(tuple(r["box"]), np.array([[0, 0, w // 2, h]]))[0], abs=1e-4)

@@ -18,8 +18,9 @@ boxes of Annotations/<id>.xml (VOC07/VOC12 detection, split from ImageSets/Main/
 where a folder has only masks, one box per 8-connected component of each class's pixels (void excluded)
 of the label map resized and cropped like the image (one box per instance with --masks object). An image
 is correct when its box's IoU with any ground-truth box is above 0.5; CorLoc is the percentage of correct
-images. --protocol lost reproduces LOST's dino_seg: head 4 (main_lost.py's --dinoseg_head default),
-scipy's 4-connectivity, its component search as written, IoU >= 0.5.
+images. --protocol lost reproduces LOST's dino_seg: each image at its own size, zero-padded to a multiple
+of the patch (--resize none), head 4 (main_lost.py's --dinoseg_head default), scipy's 4-connectivity, its
+component search as written, IoU >= 0.5.
 """ + PRESET_HELP
 
 
@@ -59,7 +60,8 @@ def eval_corloc(ckpt: str, voc_root: str, split: str, boxes: str, out: str | Non
     click.echo(f"model     {ckpt} ({info.arch}, {described['heads']} heads, block {result.block})")
     click.echo(f"data      {voc_root} ({split}): {len(samples)} images, ground truth from {source}, "
                f"{len(result.without_boxes)} without a box")
-    click.echo(describe(protocol, "corloc") + f" (crop {g.crop}, patch {g.patch_size})")
+    frame = f"patch {g.patch_size}" if protocol.resize == "none" else f"crop {g.crop}, patch {g.patch_size}"
+    click.echo(describe(protocol, "corloc") + f" ({frame})")
     click.echo(f"speed     {len(samples) / max(result.seconds, 1e-9):.2f} images/s ({result.seconds:.1f} s)")
     correct = sum(s.correct for s in result.scores if s.gt_boxes)
     value = "-" if result.corloc is None else f"{result.corloc:.2f}"

@@ -21,7 +21,8 @@ file of each):
   ipvit    IPViT evaluate_segmentation.py: 512 px bilinear, mass 0.9, void counted in the union
   leopart  Leopart evaluate_attn_maps.py: 224 px bilinear; merged map blurred (7, sigma 0.6), components
            of <= 2 patches dropped, void counted as foreground, images without objects score 0
-  lost     (eval-corloc) LOST dino_seg: head 4, 4-connectivity, its component search, IoU >= 0.5
+  lost     (eval-corloc) LOST dino_seg: native size zero-padded to the patch, head 4, 4-connectivity,
+           its component search, IoU >= 0.5
 Reports print the protocol card and write it under "protocol" in the JSON.
 """
 
@@ -46,7 +47,9 @@ def protocol_options(presets: Sequence[str] = tuple(PRESETS), heads: bool = True
                      help="Named protocol (see below); the flags after it override single settings."),
         click.option("--arch", default=None, help="timm architecture, where a checkpoint file cannot tell."),
         click.option("--image-size", type=click.IntRange(1), default=None, help=f"S: images are resized to S×S [preset; gtaseg {d.image_size}]."),
-        click.option("--resize", type=click.Choice(RESIZES), default=None, help=f"Image resampling [preset; gtaseg {d.resize}]."),
+        click.option("--resize", type=click.Choice(RESIZES if corloc else tuple(r for r in RESIZES if r != "none")),
+                     default=None, help=f"Image resampling [preset; gtaseg {d.resize}]"
+                     + ("; none: each image at its own size, zero-padded to a multiple of the patch (lost)." if corloc else ".")),
         click.option("--mass", type=click.FloatRange(0, 1, min_open=True), default=None,
                      help=f"Share of the attention mass each mask keeps [preset; gtaseg {d.mass}]."),
         click.option("--block", type=int, default=None, help="Block whose [cls] attention is scored (negative counts from the end) [-1]."),

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from gtaseg.data.images import load_rgb
-from gtaseg.evaluation.inputs import Geometry, image_tensor, label_tensor
+from gtaseg.evaluation.inputs import Geometry, image_tensor, label_tensor, padded_tensor
 from gtaseg.evaluation.jaccard import BACKGROUND, VOID
 from gtaseg.evaluation.masks import label_grid
 
@@ -106,17 +106,25 @@ class CorlocDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
         sample = self.samples[i]
         image = load_rgb(sample.image)
+        native = self.resize == "none"  # LOST: boxes stay in the image's own pixels
         if hasattr(sample, "boxes"):
-            boxes = to_frame(sample.boxes(), (image.height, image.width), self.geometry)
+            boxes = sample.boxes() if native else to_frame(sample.boxes(), (image.height, image.width), self.geometry)
         else:
-            boxes = mask_boxes(label_tensor(sample.labels(), self.geometry).numpy(), self.masks)
-        x = image_tensor(image, self.geometry, self.mean, self.std, self.resize)
+            labels = sample.labels() if native else label_tensor(sample.labels(), self.geometry).numpy()
+            boxes = mask_boxes(labels, self.masks)
+        x = (padded_tensor(image, self.geometry.patch_size, self.mean, self.std) if native
+             else image_tensor(image, self.geometry, self.mean, self.std, self.resize))
         return x, torch.from_numpy(boxes), i
 
 
-def collate(batch: list[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, list[Tensor], list[int]]:
+def collate(batch: list[tuple[Tensor, Tensor, int]]) -> tuple[list[tuple[Tensor, list[int]]], list[Tensor], list[int]]:
+    """Images grouped by size, each group stacked (at native size a batch holds several sizes; padding them
+    to one would add tokens the model attends to): ``([(images [b, 3, h, w], positions)], boxes, indices)``."""
     images, boxes, indices = zip(*batch)
-    return torch.stack(images), list(boxes), list(indices)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, x in enumerate(images):
+        groups.setdefault(tuple(x.shape), []).append(k)
+    return [(torch.stack([images[k] for k in ks]), ks) for ks in groups.values()], list(boxes), list(indices)
 
 
 @dataclass(frozen=True)

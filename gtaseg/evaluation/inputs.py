@@ -60,6 +60,16 @@ def image_tensor(image: Image.Image, geometry: Geometry, mean: Sequence[float], 
     return x[:, : geometry.crop, : geometry.crop].contiguous()
 
 
+def padded_tensor(image: Image.Image, patch_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """RGB PIL image at its own size → normalised float [3, H', W'], zero-padded (after normalisation, as
+    LOST's main_lost.py does) at the bottom and right to the next multiple of the patch."""
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    h, w = x.shape[1:]
+    pad_h, pad_w = -h % patch_size, -w % patch_size
+    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
+
+
 def label_tensor(labels: np.ndarray, geometry: Geometry) -> Tensor:
     """uint8 [H, W] label map → uint8 [crop, crop] (nearest resize to S×S, then the image's crop)."""
     resized = Image.fromarray(labels).resize((geometry.size, geometry.size), Image.Resampling.NEAREST)

@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 HEADS = ("best", "merged", "both")
-RESIZES = ("bicubic", "bilinear")
+# none: the image at its own size, zero-padded after normalisation to a multiple of the patch (LOST's
+# geometry; eval-corloc only, since one batch then holds images of several sizes).
+RESIZES = ("bicubic", "bilinear", "none")
 MASKS = ("class", "object")
 # ignore: void pixels count nowhere; background: they count as not-object (a mask covering them is wrong);
 # foreground: the merged variant counts them as object (per-class scores still as not-object: void has no class).
@@ -94,9 +96,10 @@ PRESETS: dict[str, Protocol] = {
     # objects score 0.
     "leopart": Protocol(name="leopart", image_size=224, resize="bilinear", blur_sigma=0.6, min_component=3,
                         void="foreground", empty="zero"),
-    # LOST object_discovery.dino_seg as main_lost.py calls it: head --dinoseg_head (default 4), scipy's
-    # default 4-connectivity, its component search, and `ious >= 0.5`.
-    "lost": Protocol(name="lost", box_head=4, connectivity=4, components="lost", iou_rule=">="),
+    # LOST object_discovery.dino_seg as main_lost.py calls it: each image at its own size zero-padded to a
+    # multiple of the patch, head --dinoseg_head (default 4), scipy's default 4-connectivity, its component
+    # search, and `ious >= 0.5`.
+    "lost": Protocol(name="lost", resize="none", box_head=4, connectivity=4, components="lost", iou_rule=">="),
 }
 JACCARD_PRESETS = ("gtaseg", "dino", "ipvit", "leopart")
 
@@ -114,7 +117,8 @@ def resolve(preset: str = "gtaseg", **overrides: Any) -> Protocol:
 def describe(protocol: Protocol, metric: str = "jaccard") -> str:
     """The protocol card for the terminal: a few lines, the settings that change a ``metric`` number."""
     p = protocol
-    lines = [f"protocol  {short_name(p)}: {p.image_size} px {p.resize}, {p.masks} masks, block {p.block}, "
+    size = "native size, zero-padded to the patch" if p.resize == "none" else f"{p.image_size} px {p.resize}"
+    lines = [f"protocol  {short_name(p)}: {size}, {p.masks} masks, block {p.block}, "
              f"mass {p.mass:g}" + (f", heads {p.heads}" if metric == "jaccard" else "")]
     merged = f"merged map: blur sigma {p.blur_sigma:g}, min component {p.min_component} patches"
     if metric == "jaccard":

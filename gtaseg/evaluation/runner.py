@@ -115,6 +115,8 @@ def evaluate(model: nn.Module, info: ModelInfo, samples: Sequence[SegSample], se
              export_masks: bool = False, per_block: bool = False) -> EvalResult:
     """Score every sample under ``settings``; ``export_masks`` also keeps COCO RLE records of the masks,
     ``per_block`` also scores every head of every block (one forward still: all blocks are captured)."""
+    if settings.resize == "none":
+        raise ValueError("resize 'none' (native size) is for CorLoc only: a Jaccard batch needs one image size")
     dev = pick_device(device)
     (block,) = resolve_blocks(model, [settings.block])
     blocks = resolve_blocks(model, None) if per_block else [block]
@@ -169,8 +171,10 @@ class CorlocResult:
         return [s.id for s in self.scores if s.gt_boxes == 0]
 
     def card(self) -> dict:
-        return self.settings.card("corloc", block=self.block, crop=self.geometry.crop,
-                                  patch_size=self.geometry.patch_size)
+        native = self.settings.resize == "none"  # no S: each image keeps its size, padded to the patch
+        return self.settings.card("corloc", block=self.block, crop=None if native else self.geometry.crop,
+                                  patch_size=self.geometry.patch_size,
+                                  **({"image_size": None} if native else {}))
 
     def to_json(self) -> dict:
         counted = [s for s in self.scores if s.gt_boxes > 0]
@@ -184,14 +188,15 @@ class CorlocResult:
         }
 
 
-def attention_boxes(attention: Tensor, protocol: Protocol, geometry: Geometry) -> list:
-    """[B, H, N] [cls] attention → one pixel box per image (None where the mask has no component)."""
+def attention_boxes(attention: Tensor, protocol: Protocol, grid: tuple[int, int], patch_size: int) -> list:
+    """[B, H, N] [cls] attention on a ``grid`` of patches → one pixel box per image (None where the mask
+    has no component)."""
     if protocol.box_head is None:
-        _, masks = protocol_masks(attention, protocol, geometry.grid, heads=False)
+        _, masks = protocol_masks(attention, protocol, grid, heads=False)
     else:
         masks = mass_mask(attention[:, protocol.box_head], protocol.mass)
-    grids = masks.reshape(-1, *geometry.grid).cpu().numpy()
-    return [component_box(g, geometry.patch_size, protocol.connectivity, protocol.components) for g in grids]
+    grids = masks.reshape(-1, *grid).cpu().numpy()
+    return [component_box(g, patch_size, protocol.connectivity, protocol.components) for g in grids]
 
 
 def evaluate_corloc(model: nn.Module, info: ModelInfo, samples: Sequence, settings: Protocol, *,
@@ -206,9 +211,14 @@ def evaluate_corloc(model: nn.Module, info: ModelInfo, samples: Sequence, settin
     scores = []
     start = time.perf_counter()
     with torch.inference_mode(), _bar(len(samples), progress, "corloc") as bar:
-        for images, gt_boxes, indices in loader:
-            attention = cls_attentions(model, images.to(dev, non_blocking=True), [block])[:, 0]  # [B, H, N]
-            for box, gt, i in zip(attention_boxes(attention, settings, geometry), gt_boxes, indices):
+        for groups, gt_boxes, indices in loader:
+            boxes: list = [None] * len(indices)
+            for images, positions in groups:  # one group per image size (one group unless resize is none)
+                grid = (images.shape[-2] // geometry.patch_size, images.shape[-1] // geometry.patch_size)
+                attention = cls_attentions(model, images.to(dev, non_blocking=True), [block])[:, 0]  # [b, H, N]
+                for k, box in zip(positions, attention_boxes(attention, settings, grid, geometry.patch_size)):
+                    boxes[k] = box
+            for box, gt, i in zip(boxes, gt_boxes, indices):
                 scores.append(score_box(samples[i].id, box, gt.numpy(), settings.iou_rule))
             bar.update(len(indices))
     return CorlocResult(settings, geometry, block, scores, time.perf_counter() - start)
