@@ -1,6 +1,7 @@
-"""From [cls] attention weights to binary masks: DINO's mass threshold and the patch → pixel upsampling.
+"""From [cls] attention weights to binary masks: DINO's mass threshold, the patch → pixel upsampling, and
+the merged map's optional blur and small-component filter (Leopart's).
 
-Pure tensor functions, independent of any model, so the protocol can be checked on hand-made numbers.
+Functions of tensors only, independent of any model, so the protocol can be checked on hand-made numbers.
 """
 from __future__ import annotations
 
