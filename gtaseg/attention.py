@@ -102,9 +102,15 @@ def cls_logits(model: nn.Module, images: Tensor, blocks: Sequence[int] | None = 
     return cap.cls_logits(resolve_blocks(model, blocks))
 
 
+def cls_attentions(model: nn.Module, images: Tensor, blocks: Sequence[int] | None = None) -> Tensor:
+    """Post-softmax [cls] attention over the N patch tokens of every block asked for (``None``: all), per
+    head, from one forward: [B, L, H, N] in the order of ``resolve_blocks``."""
+    blocks = resolve_blocks(model, blocks)
+    with capture(model, blocks) as cap:
+        model.forward_features(images)
+    return torch.stack([cap.cls_attention(b) for b in blocks], dim=1)
+
+
 def cls_attention(model: nn.Module, images: Tensor, block: int = -1) -> Tensor:
     """Post-softmax [cls] attention of one block over the N patch tokens, per head: [B, H, N]."""
-    (b,) = resolve_blocks(model, [block])
-    with capture(model, [b]) as cap:
-        model.forward_features(images)
-    return cap.cls_attention(b)
+    return cls_attentions(model, images, [block])[:, 0]

@@ -61,3 +61,33 @@ def test_naive_path_gives_the_same_loss_as_the_project_path(tmp_path, bench):
     torch.testing.assert_close(naive_terms["reg"], terms["reg"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(naive_loss, loss, rtol=1e-4, atol=1e-6)
     assert all(b.attn.fused_attn for b in trainer.model.blocks)  # restored
+
+
+def test_eval_speed_bench_compares_eval_voc_with_the_bare_forward(tmp_path):
+    """bench/eval_speed.py end to end on a tiny model and a made-up VOC folder (no timing asserted)."""
+    from tests.test_eval_voc import IMAGES, _palette_png  # the same hand-made VOC layout
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "voc"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    for name, (w, h, _) in IMAGES.items():
+        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+        _palette_png(np.zeros((h, w), np.uint8), root / "SegmentationClass" / f"{name}.png")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(IMAGES))
+    spec = importlib.util.spec_from_file_location("bench_eval_speed", BENCH.parent / "eval_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "speed.json"
+    threads = torch.get_num_threads()
+    try:
+        results = module.main(["--ckpt", "random:vit_tiny_patch16_224", "--voc-root", str(root), "--image-size", "32",
+                               "--batch-size", "2", "--workers", "0", "--limit", "4", "--repeats", "1",
+                               "--threads", "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads(out.read_text())
+    assert saved["median"]["ratio"] == pytest.approx(results["median"]["eval_voc_images_per_s"]
+                                                     / results["median"]["bare_forward_images_per_s"])
+    assert saved["settings"]["crop"] == 32 and saved["target"]["met"] is None

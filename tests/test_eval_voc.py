@@ -94,8 +94,11 @@ def test_eval_voc_cli_report(voc_root, tmp_path):
     report = json.loads(out.read_text())
     assert report["images"] == 3 and report["scored"] == 2
     assert report["without_objects"] == ["2007_000003"]
-    assert report["protocol"] == {"image_size": 112, "mass": 0.6, "block": 11, "heads": "both", "crop": 112,
-                                  "patch_size": 14, "resize": "bicubic", "label_resize": "nearest"}
+    # The protocol card (issue 13): today's keys and values, plus every other setting of the default preset.
+    old = {"image_size": 112, "mass": 0.6, "block": 11, "heads": "both", "crop": 112,
+           "patch_size": 14, "resize": "bicubic", "label_resize": "nearest"}
+    assert {k: report["protocol"][k] for k in old} == old
+    assert report["protocol"]["preset"] == "gtaseg" and report["protocol"]["void"] == "ignore"
     scored = [r for r in report["per_image"] if r["best"] is not None]
     assert report["jaccard"]["best"] == pytest.approx(100 * np.mean([r["best"] for r in scored]))
     assert report["jaccard"]["merged"] == pytest.approx(100 * np.mean([r["merged"] for r in scored]))

@@ -48,6 +48,10 @@ main.add_command(eval_acc)
 main.add_command(check_attention)
 main.add_command(visualize)
 
+from gtaseg.cli.corloc import eval_corloc  # noqa: E402
+
+main.add_command(eval_corloc)
+
 from gtaseg.cli.sweep import report, sweep  # noqa: E402
 
 main.add_command(sweep)

