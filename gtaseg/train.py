@@ -27,6 +27,7 @@ from gtaseg.data.dataset import BadImage, ImageDataset, check_classes, collate_m
 from gtaseg.data.sampler import SeededStream
 from gtaseg.data.sampling import stratified_subset
 from gtaseg.data.transforms import eval_transform, train_transform
+from gtaseg.distill import DISTILL_TERMS
 from gtaseg.errors import DataError, GtasegError
 from gtaseg.io import write_json, write_text
 from gtaseg.methods import METHODS
@@ -302,16 +303,17 @@ class Trainer:
     def _capture(self, model: nn.Module, last_block_logits: bool = False):
         """A capture of what the method guides in ``model`` (and the last block's [cls] logits for TransMix)."""
         guide = self.method.guide
-        logit_blocks = sorted(set(self.guided if guide == "logits" else []) | ({self.last_block} if last_block_logits else set()))
+        logit_blocks = sorted(set(self.guided if guide in ("logits", "cls-probs") else []) | ({self.last_block} if last_block_logits else set()))
         return capture(model, logit_blocks, block_outputs=self.guided if guide == "block" else (),
-                       msa_outputs=self.guided if guide == "msa" else ())
+                       msa_outputs=self.guided if guide == "msa" else (),
+                       queries_keys=self.guided if guide == "maps" else ())
 
     def _recording(self, which: str, last_block_logits: bool = False):
         """The capture for one forward of the target or the source: fresh hooks, or under --compile the
         permanent ones with their records cleared."""
         if self._kept is not None:
             kept = self._kept[which]
-            for records in (kept.row_logits, kept.block_out, kept.msa_out):
+            for records in (kept.row_logits, kept.block_out, kept.msa_out, kept.queries_keys):
                 records.clear()
             return nullcontext(kept)
         return self._capture(self.model if which == "target" else self.source, last_block_logits)
@@ -342,6 +344,8 @@ class Trainer:
 
     def _regularizer(self, cap, src, features: Tensor) -> Tensor:
         guide = self.method.guide
+        if guide in DISTILL_TERMS:  # attention transfer: cross-entropy between attention maps
+            return DISTILL_TERMS[guide](cap, src, self.guided)
         if guide == "logits":
             return guidance_l2(cap.cls_logits(self.guided), src.cls_logits(self.guided))
         if guide in ("block", "msa"):
