@@ -47,7 +47,7 @@ _NAMED = ("data", "method", "transmix", "lam", LAM_FACTOR, "sampling_rate", "see
 _LOCKS = ".locks"
 # Settings that do not change a run's result (gtaseg.checkpointing.RUNTIME_OPTIONS, plus where the data lies and
 # how often metrics are logged): a finished or interrupted run that differs only in these is still the job.
-_RUNTIME = ("device", "workers", "ckpt_every", "log_every", "data_root", "compile")
+_RUNTIME = ("device", "workers", "ckpt_every", "log_every", "data_root", "compile", "tensorboard")
 
 
 def train_fields() -> dict[str, str]:

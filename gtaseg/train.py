@@ -68,6 +68,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the target's and the source's forward
     ckpt_every: int = 500  # steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)
     on_bad_image: str = "stop"  # an unreadable image file: stop with its name, or skip it and count it
+    tensorboard: bool = False  # also log every metrics.jsonl row to <out>/tensorboard (gtaseg.tensorboard)
 
 
 # The paper's recipe (ViT-S, 3k iterations, effective batch 768 at 224), and a preset for the embedded
@@ -105,6 +106,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         from gtaseg.data.synthetic import SyntheticConfig
 
         SyntheticConfig.from_options(cfg.synthetic)
+    if cfg.tensorboard:
+        from gtaseg.tensorboard import require
+
+        require()
     return cfg
 
 
@@ -204,6 +209,7 @@ class Trainer:
         self.log_count = 0
         self.checkpoint_step: int | None = None
         self.pending_rng: dict | None = None
+        self.tensorboard = None  # a gtaseg.tensorboard.MetricsWriter while fit() runs with --tensorboard
         self.train_set = ImageDataset(self.train_split, train_transform(
             cfg.image_size, self.info.mean, self.info.std, cfg.crop_scale, cfg.randaugment), mark_bad=True)
         self.test_split = load_split(cfg.data, "test", cfg.data_root, self._synthetic_root())
@@ -405,6 +411,10 @@ class Trainer:
             set_rng_state(self.pending_rng)
             self.pending_rng = None
         images_per_step = cfg.batch_size * cfg.accum_steps * self.dist.world_size  # over all ranks
+        if cfg.tensorboard and self.dist.is_main:
+            from gtaseg.tensorboard import MetricsWriter
+
+            self.tensorboard = MetricsWriter(self.out)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", unit="step", dynamic_ncols=True,
                    disable=not self.dist.is_main)
         try:
@@ -413,6 +423,8 @@ class Trainer:
         finally:
             bar.close()
             batches.close()  # its loader workers stop here, on success, error or signal alike
+            if self.tensorboard is not None:
+                self.tensorboard.close()
 
     def _check_finite(self, guard: FiniteGuard) -> None:
         """Stop if a loss since the start was NaN/inf (on any rank); one host sync, so only where the loop
@@ -441,6 +453,8 @@ class Trainer:
                     row["drift"] = round(self.attention_drift(), 6)
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(row) + "\n")
+                    if self.tensorboard is not None:
+                        self.tensorboard.write(row)
                 bar.set_postfix({k: row[k] for k in ("loss", "ce", "reg", "images_per_s")})
                 self.log_sums, self.log_count, t0 = {}, 0, time.perf_counter()
             stopping = self._stop_requested(stop)
