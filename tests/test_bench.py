@@ -61,3 +61,25 @@ def test_naive_path_gives_the_same_loss_as_the_project_path(tmp_path, bench):
     torch.testing.assert_close(naive_terms["reg"], terms["reg"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(naive_loss, loss, rtol=1e-4, atol=1e-6)
     assert all(b.attn.fused_attn for b in trainer.model.blocks)  # restored
+
+
+def test_bench_times_the_attention_transfer_baselines(tmp_path, bench):
+    threads = torch.get_num_threads()
+    try:
+        results = bench.main([*TINY, "--memory", "none", "--eval-limit", "0",
+                              "--configs", "baseline,gta,source,attn-distill,cls-distill"])
+    finally:
+        torch.set_num_threads(threads)
+    run = results["runs"]["eager"]
+    assert set(run["times"]) == {"baseline", "gta", "source", "attn-distill", "cls-distill"}
+    for key in ("attn-distill/gta", "cls-distill/gta", "attn-distill/(baseline+source)", "paired cls-distill/baseline"):
+        assert run["ratios"][key] > 0, key
+
+
+def test_bench_distill_steps_use_their_own_term(tmp_path, bench):
+    args = bench.parse(TINY)
+    args.compile_now = False
+    fns, trainers = bench.step_functions(args, bench.make_folder(tmp_path, 3), ["attn-distill", "cls-distill"],
+                                         all_trainers=True)
+    assert {t.cfg.method for t in trainers.values()} == {"attn-distill", "cls-distill"}
+    assert all(float(fns[m]()["reg"]) > 0 for m in ("attn-distill", "cls-distill"))  # CE ≥ the source's entropy
