@@ -45,7 +45,7 @@ GUIDE_TARGETS = {"guide-block": "block output", "guide-msa": "MSA output",
                  "gta": "attention logits (GTA)"}
 LAM_FACTORS = (0.1, 1.0, 10.0)
 # Settings that do not change what a run computes, ignored when checking that pooled runs agree.
-_NOISE = {"seed", "device", "workers", "log_every", "data_root", "ckpt_every", "compile", "on_bad_image", "lam",
+_NOISE = {"seed", "device", "workers", "log_every", "data_root", "ckpt_every", "compile", "on_bad_image", "lam", "tensorboard",
           "method", "transmix", "data", "sampling_rate", "source", "init"}
 
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from gtaseg.errors import GtasegError
 from gtaseg.io import write_json
@@ -121,7 +122,8 @@ class SubmitResult:
     jobs: list = field(default_factory=list)  # submitit Job objects, in ``submitted`` order
 
 
-def import_submitit():
+def import_submitit() -> ModuleType:
+    """submitit, or a one-line error saying how to install it (it is an optional extra)."""
     try:
         import submitit
     except ImportError:
@@ -130,6 +132,7 @@ def import_submitit():
 
 
 def read_record(runs_dir: str | os.PathLike) -> dict[str, dict]:
+    """Run name → {"job_id", "cluster", "submitted"} of its last submission (empty before the first)."""
     path = Path(runs_dir) / SUBMITIT_DIR / RECORD
     try:
         return json.loads(path.read_text())
@@ -137,26 +140,35 @@ def read_record(runs_dir: str | os.PathLike) -> dict[str, dict]:
         return {}
 
 
-def scheduler_state(entry: dict, runs_dir: str | os.PathLike) -> str:
-    """The scheduler's state of a recorded job ("UNKNOWN" when it cannot tell)."""
-    if entry.get("cluster") == "debug":
-        return "FINISHED"  # ran inside the submitting process, which has ended
-    if entry.get("cluster") == "local":
+def scheduler_states(entries: dict[str, dict], runs_dir: str | os.PathLike) -> dict[str, str]:
+    """Run name → the scheduler's state of its recorded job ("UNKNOWN" where it cannot tell)."""
+    states, slurm = {}, {}
+    for name, entry in entries.items():
+        if entry.get("cluster") == "debug":
+            states[name] = "FINISHED"  # ran inside the submitting process, which has ended
+        elif entry.get("cluster") == "local":
+            try:
+                os.kill(int(entry["job_id"]), 0)  # the local executor's job id is the task's pid
+                states[name] = "RUNNING"
+            except (OSError, ValueError, KeyError):
+                states[name] = "FINISHED"
+        else:
+            slurm[name] = str(entry.get("job_id"))
+    if slurm:
+        submitit = import_submitit()
         try:
-            os.kill(int(entry["job_id"]), 0)  # the local executor's job id is the task's pid
-            return "RUNNING"
-        except (OSError, ValueError, KeyError):
-            return "FINISHED"
-    submitit = import_submitit()
-    try:
-        return str(submitit.SlurmJob(Path(runs_dir) / SUBMITIT_DIR / "%j", entry["job_id"]).state)
-    except Exception:  # no sacct here, an unreadable record: the run's own folder decides
-        return "UNKNOWN"
+            watcher = submitit.SlurmJob.watcher
+            for job_id in slurm.values():
+                watcher.register_job(job_id)  # all first: then one sacct call answers for all of them
+            states.update({name: str(watcher.get_state(job_id)) for name, job_id in slurm.items()})
+        except Exception:  # no sacct here: the runs' own folders decide
+            states.update({name: "UNKNOWN" for name in slurm if name not in states})
+    return states
 
 
 def submit(jobs: list[Job], runs_dir: str | os.PathLike, options: ClusterOptions, *, name: str = "gtaseg",
            resume: bool = False,
-           state_fn: Callable[[dict, str | os.PathLike], str] = scheduler_state) -> SubmitResult:
+           states_fn: Callable[[dict[str, dict], str | os.PathLike], dict[str, str]] = scheduler_states) -> SubmitResult:
     """Submit the jobs that are not finished, queued or running as one job array; record their ids."""
     submitit = import_submitit()
     if options.cluster not in CLUSTERS:
@@ -164,11 +176,12 @@ def submit(jobs: list[Job], runs_dir: str | os.PathLike, options: ClusterOptions
     runs_dir = Path(runs_dir)
     record = read_record(runs_dir)
     result = SubmitResult(total=len(jobs))
+    unfinished = [job for job in jobs if not is_finished(job.dir(runs_dir))]
+    result.finished = [job.name for job in jobs if job not in unfinished]
+    states = states_fn({job.name: record[job.name] for job in unfinished if job.name in record}, runs_dir)
     todo = []
-    for job in jobs:
-        if is_finished(job.dir(runs_dir)):
-            result.finished.append(job.name)
-        elif is_locked(runs_dir, job) or (job.name in record and state_fn(record[job.name], runs_dir) in ACTIVE_STATES):
+    for job in unfinished:
+        if is_locked(runs_dir, job) or states.get(job.name) in ACTIVE_STATES:
             result.active.append(job.name)
         else:
             todo.append(job)

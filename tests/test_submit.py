@@ -70,8 +70,13 @@ def test_queued_or_running_jobs_are_not_submitted_again(tmp_path, fake_train):
     first = submit(jobs, runs, ClusterOptions(cluster="debug"))
     assert len(first.submitted) == 3  # recorded, not run yet: debug tasks run when waited for
     states = {jobs[0].name: "RUNNING", jobs[1].name: "PENDING", jobs[2].name: "FAILED"}
-    again = submit(jobs, runs, ClusterOptions(cluster="debug"),
-                   state_fn=lambda entry, _: states[next(n for n, e in read_record(runs).items() if e == entry)])
+    asked = []
+
+    def scheduler(entries, _):
+        asked.append(sorted(entries))
+        return {name: states[name] for name in entries}
+    again = submit(jobs, runs, ClusterOptions(cluster="debug"), states_fn=scheduler)
+    assert asked == [sorted(states)]  # one question for all recorded jobs
     assert sorted(again.active) == sorted([jobs[0].name, jobs[1].name])
     assert [n for n, _ in again.submitted] == [jobs[2].name]
 
@@ -83,13 +88,36 @@ def fake_sbatch(tmp_path, monkeypatch):
     bin_dir.mkdir()
     kept.mkdir()
     script = bin_dir / "sbatch"
-    script.write_text(f"#!/bin/sh\ncp \"$1\" {kept}/$(date +%s%N).sh\necho 'Submitted batch job 4242'\n")
+    # the job id it answers is in bin/next_id; sacct prints bin/sacct.txt
+    (bin_dir / "next_id").write_text("4242")
+    script.write_text(f"#!/bin/sh\ncp \"$1\" {kept}/$(date +%s%N).sh\necho \"Submitted batch job $(cat {bin_dir}/next_id)\"\n")
+    sacct = bin_dir / "sacct"
+    sacct.write_text(f"#!/bin/sh\ncat {bin_dir}/sacct.txt\n")
+    sacct.chmod(sacct.stat().st_mode | stat.S_IEXEC)
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     srun = bin_dir / "srun"  # submitit looks for it to tell that it is on a SLURM cluster
     srun.write_text("#!/bin/sh\nexit 0\n")
     srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return kept
+
+
+def test_slurm_second_call_asks_sacct_and_resubmits_only_failed_or_unfinished(tmp_path, fake_sbatch):
+    jobs = jobs_of({"seed": [0, 1, 2, 3]})
+    runs = tmp_path / "runs"
+    bin_dir = fake_sbatch.parent / "bin"
+    (bin_dir / "next_id").write_text("5150")
+    first = submit(jobs, runs, ClusterOptions(partition="gpu"))
+    assert [jid for _, jid in first.submitted] == ["5150_0", "5150_1", "5150_2", "5150_3"]
+    (bin_dir / "sacct.txt").write_text("JobID|State|NodeList\n5150_0|RUNNING|n1\n5150_1|PENDING|None assigned\n"
+                                       "5150_2|FAILED|n2\n5150_3|COMPLETED|n3\n")
+    jobs[3].dir(runs).mkdir(parents=True)
+    (jobs[3].dir(runs) / "final.json").write_text("{}")  # 5150_3 finished its run
+    (bin_dir / "next_id").write_text("5151")
+    second = submit(jobs, runs, ClusterOptions(partition="gpu"))
+    assert sorted(second.active) == [jobs[0].name, jobs[1].name] and second.finished == [jobs[3].name]
+    assert second.submitted == [(jobs[2].name, "5151")]
+    assert read_record(runs)[jobs[2].name]["job_id"] == "5151" and read_record(runs)[jobs[0].name]["job_id"] == "5150_0"
 
 
 def test_slurm_job_array_with_the_options(tmp_path, fake_sbatch):
@@ -99,7 +127,7 @@ def test_slurm_job_array_with_the_options(tmp_path, fake_sbatch):
                              array_parallelism=2, extra={"account": "proj"})
     result = submit(jobs, runs, options, name="gtaseg-t")
     assert [jid for _, jid in result.submitted] == ["4242_0", "4242_1", "4242_2"]
-    (text,) = [p.read_text() for p in fake_sbatch.iterdir()]
+    (text,) = [p.read_text() for p in fake_sbatch.iterdir()]  # one sbatch call: the array
     for line in ("--partition=gpu", "--gpus-per-node=4", "--cpus-per-task=32", "--mem=128GB", "--time=240",
                  "--array=0-2%2", "--account=proj", "--ntasks-per-node=1", "--job-name=gtaseg-t"):
         assert f"#SBATCH {line}\n" in text, line
@@ -157,6 +185,12 @@ def test_no_slurm_here_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(GtasegError, match="no SLURM here") as e:
         submit(jobs_of({"seed": [0]}), tmp_path / "runs", ClusterOptions())
     assert "\n" not in str(e.value)
+
+
+def test_missing_submitit_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if the extra were not installed
+    with pytest.raises(GtasegError, match=r"needs submitit: pip install 'gtaseg\[cluster\]'"):
+        submit(jobs_of({"seed": [0]}), tmp_path / "runs", ClusterOptions(cluster="debug"))
 
 
 def test_cluster_options_need_the_submitit_executor(tmp_path):
