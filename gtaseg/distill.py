@@ -8,7 +8,8 @@ vision transformers" (NeurIPS 2024), as loss terms on what :func:`gtaseg.attenti
 
 The [cls] row comes from the existing capture and costs O(T·C). The all-query maps are T×T per head and block:
 :class:`AttentionMapCE` forms them a chunk of queries at a time, in the forward and again in the backward
-(from the saved q and k, O(T·C)), so no more than one chunk of maps exists at any time.
+(from the saved q and k, O(T·C)), so no more than one chunk of maps exists at any time. What it keeps per
+guided block until the backward is the target's scaled q and the source's q and k: 3·B·T·C numbers.
 """
 from __future__ import annotations
 
@@ -45,8 +46,9 @@ class AttentionMapCE(torch.autograd.Function):
             total -= (p_src * log_p).sum()
         ctx.save_for_backward(q, k)
         # The source's q and k may be inference tensors (the source runs under inference_mode), which
-        # save_for_backward refuses; they need no gradient, so a plain reference does.
-        ctx.source, ctx.chunk = (q_src, k_src), chunk
+        # save_for_backward refuses; they need no gradient, so a plain reference does. k is a view into the
+        # source's whole qkv output: a copy of it lets that (1.5× larger) buffer go.
+        ctx.source, ctx.chunk = (q_src, k_src.contiguous()), chunk
         return total / (B * H * T)
 
     @staticmethod
