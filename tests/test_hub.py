@@ -58,8 +58,8 @@ def test_missing_weights_offline_say_how_to_get_them(hf_cache):
     with pytest.raises(CheckpointError) as e:
         load_model("vit_small_patch16_224.dino")
     msg = str(e.value)
-    assert "\n" not in msg and "huggingface-cli download timm/vit_small_patch16_224.dino" in msg
-    with pytest.raises(CheckpointError, match="huggingface-cli download nobody/nothing"):
+    assert "\n" not in msg and "hf download timm/vit_small_patch16_224.dino" in msg
+    with pytest.raises(CheckpointError, match="hf download nobody/nothing"):
         load_model("hf-hub:nobody/nothing")
 
 

@@ -64,8 +64,9 @@ def load_hub_model(spec: str, num_classes: int) -> VisionTransformer:
             raise
         raise CheckpointError(
             f"{spec}: weights not in the Hugging Face cache and not downloadable here ({type(e).__name__}); "
-            f"run once with network access, or fetch them with `huggingface-cli download {hub_repo(spec)}` "
-            f"(HF_HOME / HF_HUB_CACHE choose the cache; HF_HUB_OFFLINE=1 then loads from it)") from None
+            f"run once with network access, or fetch them with `hf download {hub_repo(spec)}` (huggingface_hub < 1.0: "
+            f"`huggingface-cli download`; HF_HOME / HF_HUB_CACHE choose the cache; HF_HUB_OFFLINE=1 then loads from it)"
+        ) from None
     if not isinstance(model, VisionTransformer):
         raise GtasegError(f"{spec!r} is not a plain ViT (timm VisionTransformer); GTA needs [cls] attention")
     return model
