@@ -11,6 +11,13 @@ One process, one model, one fixed batch. Every timed round runs, in turn:
   reads the [cls] row of those maps, so its value is the project path's;
 * ``source``: the frozen source's forward alone, under ``torch.inference_mode()``.
 
+On request (``--configs``, not run by default) the attention-transfer baselines (gtaseg/distill.py), the same
+trainer and step as ``gta`` with their own term:
+
+* ``attn-distill``: cross-entropy between source and target post-softmax maps of all queries, T×T per block
+  formed from the captured q and k, in chunks of queries;
+* ``cls-distill``: the same on the [cls] row only, from the capture GTA uses.
+
 The floor of any GTA is ``baseline + source``. Times are medians over ``--steps`` rounds after ``--warmup``
 rounds; the configurations are interleaved so that drift of the machine hits them all alike, and the
 per-round ("paired") ratios are reported beside the ratios of medians.
@@ -51,6 +58,8 @@ import gtaseg.attention as attention
 from gtaseg.train import TrainConfig, Trainer
 
 CONFIGS = ("baseline", "gta", "naive", "source")
+DISTILL = ("attn-distill", "cls-distill")  # measured only when --configs names them
+TRAINED = ("gta", "naive", *DISTILL)  # configurations that a train step of a guided method times
 HORSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann-horses-voc"
 
 
@@ -115,6 +124,9 @@ def step_functions(args, root: Path, configs, all_trainers: bool = False) -> tup
         trainers["baseline"] = make_trainer("baseline", args, root)
     if {"gta", "naive", "source"} & set(configs):
         trainers["gta"] = make_trainer("gta", args, root)
+    for method in DISTILL:
+        if method in configs:
+            trainers[method] = make_trainer(method, args, root)
     any_trainer = next(iter(trainers.values()))
     images, labels = fixed_batch(args, len(any_trainer.classes), device)
     for t in trainers.values():
@@ -125,6 +137,9 @@ def step_functions(args, root: Path, configs, all_trainers: bool = False) -> tup
         fns["baseline"] = lambda: trainers["baseline"].train_step(batches)
     if "gta" in configs:
         fns["gta"] = lambda: trainers["gta"].train_step(batches)
+    for method in DISTILL:
+        if method in configs:
+            fns[method] = lambda method=method: trainers[method].train_step(batches)
     if "naive" in configs:
         kept: list = []
 
@@ -314,21 +329,25 @@ def ratios(times: dict, memory: dict | None, key: str = "median_s", prefix: str 
     med = {c: v[key] for c, v in times.items()}
     r = {}
     if "baseline" in med:
-        for c in ("gta", "naive"):
+        for c in TRAINED:
             if c in med:
                 r[f"{c}/baseline"] = med[c] / med["baseline"]
         if "source" in med:
             floor = med["baseline"] + med["source"]
             r["floor_s"] = floor
             r["floor/baseline"] = floor / med["baseline"]
-            for c in ("gta", "naive"):
+            for c in TRAINED:
                 if c in med:
                     r[f"{c}/(baseline+source)"] = med[c] / floor
+    if "gta" in med:
+        for c in DISTILL:
+            if c in med:
+                r[f"{c}/gta"] = med[c] / med["gta"]
     if not prefix and "baseline" in times:
         # Ratios taken within each round (the configurations ran back to back) and then their median: a
         # machine whose load drifts over the run moves both sides of each ratio together.
         rounds = {c: v["all_s"] for c, v in times.items()}
-        for c in ("gta", "naive"):
+        for c in TRAINED:
             if c in rounds:
                 r[f"paired {c}/baseline"] = statistics.median(x / b for x, b in zip(rounds[c], rounds["baseline"]))
                 if "source" in rounds:
@@ -337,11 +356,14 @@ def ratios(times: dict, memory: dict | None, key: str = "median_s", prefix: str 
     r = {prefix + k: v for k, v in r.items()}
     if memory and "baseline" in memory:
         for key in ("max_rss_mb", "step_rss_mb", "alloc_peak_mb", "alloc_step_peak_mb", "gpu_max_allocated_mb"):
-            for c in ("gta", "naive"):
+            for c in TRAINED:
                 if c in memory and key in memory[c] and memory["baseline"].get(key):
                     r[f"memory {key} {c}/baseline"] = memory[c][key] / memory["baseline"][key]
             if "naive" in memory and "gta" in memory and key in memory["gta"] and memory["naive"].get(key):
                 r[f"memory {key} gta/naive"] = memory["gta"][key] / memory["naive"][key]
+            for c in DISTILL:
+                if c in memory and "gta" in memory and key in memory[c] and memory["gta"].get(key):
+                    r[f"memory {key} {c}/gta"] = memory[c][key] / memory["gta"][key]
     return {k: round(v, 4) for k, v in r.items()}
 
 
@@ -355,7 +377,8 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: torch's]")
     p.add_argument("--steps", type=int, default=10, help="timed rounds")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help=f"comma-separated subset of {','.join(CONFIGS + DISTILL)} (the last two only when named)")
     p.add_argument("--memory", choices=("process", "none"), default="process",
                    help="peak memory from one child process per configuration, or skip it")
     p.add_argument("--memory-steps", type=int, default=3, help="steps each memory child runs")
@@ -380,9 +403,9 @@ def main(argv=None) -> dict:
         print(json.dumps(child_memory(args, args.child)))
         return {}
     configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS)
+    unknown = set(configs) - set(CONFIGS + DISTILL)
     if unknown:
-        raise SystemExit(f"unknown --configs {sorted(unknown)}; choose from {CONFIGS}")
+        raise SystemExit(f"unknown --configs {sorted(unknown)}; choose from {CONFIGS + DISTILL}")
     results = {"settings": {k: v for k, v in vars(args).items() if k not in ("child", "compile_now")},
                "environment": {"torch": torch.__version__, "python": platform.python_version(),
                                "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

@@ -25,6 +25,9 @@ class Captured:
     row_logits: dict[int, Tensor] = field(default_factory=dict)  # [B, H, T]: [cls] query against every key
     block_out: dict[int, Tensor] = field(default_factory=dict)  # [B, T, C]: block output z'
     msa_out: dict[int, Tensor] = field(default_factory=dict)  # [B, T, C]: attention branch output
+    # (scaled q, k), each [B, H, T, D], of every query and key: what the all-query attention-transfer loss
+    # forms its T×T maps from, a chunk of queries at a time (gtaseg.distill)
+    queries_keys: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     def cls_logits(self, blocks: Sequence[int] | None = None) -> Tensor:
         """Pre-softmax [cls]→patch logits, [B, L, H, N]; the cls→cls and register entries are dropped."""
@@ -64,14 +67,23 @@ def _cls_row_logits(attn: nn.Module, qkv: Tensor) -> Tensor:
     return (k * q).sum(-1).transpose(1, 2)
 
 
+def _queries_keys(attn: nn.Module, qkv: Tensor) -> tuple[Tensor, Tensor]:
+    """(q·scale, k), each [B, H, T, D], from the qkv projection output: views, plus the q/k norms."""
+    B, T, _ = qkv.shape
+    q, k, _v = qkv.reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return attn.q_norm(q) * attn.scale, attn.k_norm(k)
+
+
 @contextmanager
 def capture(model: nn.Module, logits: Sequence[int] | None = None, *, block_outputs: Sequence[int] = (),
-            msa_outputs: Sequence[int] = ()) -> Iterator[Captured]:
+            msa_outputs: Sequence[int] = (), queries_keys: Sequence[int] = ()) -> Iterator[Captured]:
     """Record, during forwards inside the ``with``, the [cls] logits of the ``logits`` blocks (``None`` =
-    all blocks), and the outputs of the ``block_outputs`` blocks and of the ``msa_outputs`` attention
-    branches. The model's forward is unchanged; gradients flow through everything recorded."""
+    all blocks), the outputs of the ``block_outputs`` blocks and of the ``msa_outputs`` attention
+    branches, and the queries and keys of the ``queries_keys`` blocks. The model's forward is unchanged;
+    gradients flow through everything recorded."""
     logit_blocks = resolve_blocks(model, logits)
-    for i in logit_blocks:
+    qk_blocks = resolve_blocks(model, queries_keys)
+    for i in sorted(set(logit_blocks) | set(qk_blocks)):
         attn = model.blocks[i].attn
         if not (hasattr(attn, "qkv") and hasattr(attn, "num_heads")):
             raise TypeError(f"block {i}: {type(attn).__name__} has no fused qkv projection to read [cls] logits from")
@@ -81,6 +93,10 @@ def capture(model: nn.Module, logits: Sequence[int] | None = None, *, block_outp
         attn = model.blocks[i].attn
         handles.append(attn.qkv.register_forward_hook(
             lambda m, inp, qkv, i=i, attn=attn: out.row_logits.__setitem__(i, _cls_row_logits(attn, qkv))))
+    for i in qk_blocks:
+        attn = model.blocks[i].attn
+        handles.append(attn.qkv.register_forward_hook(
+            lambda m, inp, qkv, i=i, attn=attn: out.queries_keys.__setitem__(i, _queries_keys(attn, qkv))))
     for i in resolve_blocks(model, block_outputs):
         handles.append(model.blocks[i].register_forward_hook(lambda m, inp, y, i=i: out.block_out.__setitem__(i, y)))
     for i in resolve_blocks(model, msa_outputs):

@@ -37,6 +37,9 @@ FORMAT = "gtaseg-train-state"
 VERSION = 1
 # Options that may differ between the start of a run and its resumption: they do not change the result.
 RUNTIME_OPTIONS = ("device", "workers", "ckpt_every")
+# Options added after runs were written, with the value a config (or checkpoint) without them implies: runs from
+# before --lam-reduction summed their term, and none logged to TensorBoard.
+ADDED_OPTIONS = {"lam_reduction": "sum", "tensorboard": False}
 
 
 class Interrupted(GtasegError):
@@ -141,7 +144,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
 def restore_trainer(trainer: Trainer, state: dict[str, Any], path: str | Path) -> None:
     """Load ``state`` into a freshly built trainer of the same config. The global RNGs are handed to the
     trainer to restore once its data loader exists (creating one draws from torch's RNG)."""
-    theirs = {k: v for k, v in state["config"].items() if k not in RUNTIME_OPTIONS}
+    theirs = {**ADDED_OPTIONS, **{k: v for k, v in state["config"].items() if k not in RUNTIME_OPTIONS}}
     ours = {k: v for k, v in _json_roundtrip(asdict(trainer.cfg)).items() if k not in RUNTIME_OPTIONS}
     theirs = _json_roundtrip(theirs)
     changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
@@ -200,7 +203,7 @@ def resumed_config(out: str | Path, **overrides: Any) -> TrainConfig:
         from gtaseg.train import CONFIG_NOTE
 
         saved.pop(CONFIG_NOTE, None)
-        saved.setdefault("lam_reduction", "sum")  # runs from before --lam-reduction existed summed
+        saved = {**ADDED_OPTIONS, **saved}
     if not isinstance(saved, dict) or set(saved) - known:
         extra = sorted(set(saved) - known) if isinstance(saved, dict) else []
         raise GtasegError(f"{path}: not a gtaseg run config" + (f" (unknown keys {', '.join(extra)})" if extra else ""))

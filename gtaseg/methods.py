@@ -12,7 +12,7 @@ class Method:
     help: str
     default_lam: float = 0.0
     needs_source: bool = False  # a frozen source model runs on every batch
-    guide: str | None = None  # what is guided towards the source: "logits", "block" or "msa"
+    guide: str | None = None  # what is guided towards the source: "logits", "block", "msa", "maps" or "cls-probs"
     trains: tuple[str, ...] | None = None  # parameter-name fragments that train (the head always does)
 
     def trainable(self, name: str) -> bool:
@@ -36,4 +36,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            needs_source=True, guide="block"),
     Method("guide-msa", "L2 guidance of every guided block's MSA output towards the source", 1.0,
            needs_source=True, guide="msa"),
+    # Attention transfer (Li et al., NeurIPS 2024; gtaseg/distill.py). 3 is their weight for attn-distill;
+    # cls-distill is the same per-query loss on one query, so the same weight puts it on the same scale.
+    Method("attn-distill", "attention transfer: cross-entropy between source and target post-softmax attention "
+           "maps, all queries (mean over batch, heads, queries; summed over blocks)", 3.0,
+           needs_source=True, guide="maps"),
+    Method("cls-distill", "attention transfer on the [cls] query's row only: GTA's row as probabilities, "
+           "cross-entropy instead of L2 on logits", 3.0, needs_source=True, guide="cls-probs"),
 ]}

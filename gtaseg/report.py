@@ -7,7 +7,8 @@ mean top-1, the selection the paper describes. With only a train and a test spli
 accuracy, which flatters the regularised methods a little; the report's footnote says so.
 
 - Table 2: methods × datasets × sampling rates (runs without TransMix; guide-block/guide-msa go to Table 3).
-- Table 3: guidance target: block output (guide-block), MSA output (guide-msa), attention logits (gta).
+- Table 3: guidance target: block output (guide-block), MSA output (guide-msa), attention logits (gta), and the
+  attention-transfer baselines' maps (attn-distill) and [cls] probabilities (cls-distill) when they were run.
 - Table 5: each method that has TransMix runs, without and with TransMix.
 - Table 6: per source model (config ``source``; SSL vs supervised), for every source found.
 - Attention (Table 2's runs): for Table 2's cells, at the λ chosen there on top-1, the mean ± std of the
@@ -31,6 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gtaseg.checkpointing import ADDED_OPTIONS
 from gtaseg.errors import GtasegError
 from gtaseg.io import atomic_write, write_text
 from gtaseg.methods import METHODS
@@ -38,10 +40,13 @@ from gtaseg.methods import METHODS
 DATASET_ORDER = ("cub", "cars", "aircraft", "dogs", "pet")
 DATASET_TITLES = {"cub": "CUB-200-2011", "cars": "Stanford Cars", "aircraft": "FGVC-Aircraft",
                   "dogs": "Stanford Dogs", "pet": "Oxford-IIIT Pet", "synthetic": "synthetic"}
-GUIDE_TARGETS = {"guide-block": "block output", "guide-msa": "MSA output", "gta": "attention logits (GTA)"}
+GUIDE_TARGETS = {"guide-block": "block output", "guide-msa": "MSA output",
+                 # the attention-transfer baselines (Li et al. 2024), beside GTA's logits
+                 "attn-distill": "attention maps, all queries (CE)", "cls-distill": "[cls] attention probabilities (CE)",
+                 "gta": "attention logits (GTA)"}
 LAM_FACTORS = (0.1, 1.0, 10.0)
 # Settings that do not change what a run computes, ignored when checking that pooled runs agree.
-_NOISE = {"seed", "device", "workers", "log_every", "data_root", "ckpt_every", "compile", "on_bad_image", "lam",
+_NOISE = {"seed", "device", "workers", "log_every", "data_root", "ckpt_every", "compile", "on_bad_image", "lam", "tensorboard",
           "method", "transmix", "data", "sampling_rate", "source", "init"}
 
 
@@ -87,7 +92,7 @@ class Run:
 
     @property
     def lam_reduction(self) -> str:
-        return self.config.get("lam_reduction", "sum")  # runs from before the option existed summed
+        return self.config.get("lam_reduction", ADDED_OPTIONS["lam_reduction"])
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ _NAMED = ("data", "method", "transmix", "lam", LAM_FACTOR, "sampling_rate", "see
 _LOCKS = ".locks"
 # Settings that do not change a run's result (gtaseg.checkpointing.RUNTIME_OPTIONS, plus where the data lies and
 # how often metrics are logged): a finished or interrupted run that differs only in these is still the job.
-_RUNTIME = ("device", "workers", "ckpt_every", "log_every", "data_root", "compile")
+_RUNTIME = ("device", "workers", "ckpt_every", "log_every", "data_root", "compile", "tensorboard")
 
 
 def train_fields() -> dict[str, str]:
@@ -414,6 +414,18 @@ def resumable(job: Job, run_dir: str | os.PathLike) -> bool:
     return not differences(job, run_dir)
 
 
+def prepare_run_dir(job: Job, out: Path, resume: bool) -> str | None:
+    """Ready ``out`` for ``job`` (whose lock the caller holds): an unfinished run there is continued
+    ("resuming", with ``resume`` when its config.json is the job's) or removed ("clearing"); None when there
+    was nothing."""
+    if not out.exists():
+        return None
+    if resume and resumable(job, out):
+        return "resuming"
+    shutil.rmtree(out)
+    return "clearing"
+
+
 def run_sweep(jobs: list[Job], runs_dir: str | os.PathLike, *, keep_going: bool = False, resume: bool = False,
               train_fn: Callable[..., dict] | None = None,
               echo: Callable[[str], None] = print) -> SweepResult:
@@ -450,14 +462,10 @@ def run_sweep(jobs: list[Job], runs_dir: str | os.PathLike, *, keep_going: bool 
             if is_finished(out):  # another process finished it since the scan
                 result.skipped.append(job.name)
                 continue
-            again = False
-            if out.exists():
-                if resume and resumable(job, out):
-                    echo(f"[{i}/{len(todo)}] {job.name}: resuming an unfinished run")
-                    again = True
-                else:
-                    echo(f"[{i}/{len(todo)}] {job.name}: clearing an unfinished run")
-                    shutil.rmtree(out)
+            state = prepare_run_dir(job, out, resume)
+            if state:
+                echo(f"[{i}/{len(todo)}] {job.name}: {state} an unfinished run")
+            again = state == "resuming"
             echo(f"[{i}/{len(todo)}] {job.name}")
             try:
                 final = train_fn(dict(job.config), out, resume=True) if again else train_fn(dict(job.config), out)

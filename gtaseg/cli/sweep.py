@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from gtaseg.errors import GtasegError
 
@@ -20,22 +21,57 @@ from gtaseg.errors import GtasegError
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from its checkpoint.pt (when its config.json is the job's) instead "
                    "of clearing it and starting again; the result is the same, sooner.")
-def sweep(config, runs_dir, print_only, keep_going, resume):
+@click.option("--executor", type=click.Choice(["local", "submitit"]), default="local",
+              help="local: run the jobs one after another in this process. submitit: submit the unfinished jobs as "
+                   "one SLURM job array (needs pip install 'gtaseg[cluster]'); calling it again resubmits only the "
+                   "failed or unfinished runs, not those still queued or running.")
+@click.option("--cluster", type=click.Choice(["slurm", "local", "debug"]), default="slurm",
+              help="With --executor submitit: SLURM, or submitit's local (background processes) or debug (this "
+                   "process) executor to try the cluster path on this machine; local and debug wait for the jobs.")
+@click.option("--partition", default=None, help="With --executor submitit: the SLURM partition [default: the cluster's].")
+@click.option("--gpus-per-job", type=click.IntRange(0), default=1,
+              help="With --executor submitit: GPUs of each run; more than 1 trains under torchrun, one process per "
+                   "GPU (the global batch is then --batch-size × --accum-steps × GPUs); 0 trains on CPUs.")
+@click.option("--cpus-per-gpu", type=click.IntRange(1), default=10,
+              help="With --executor submitit: CPU cores per GPU (data-loading workers need them).")
+@click.option("--mem-gb-per-gpu", type=click.IntRange(1), default=None,
+              help="With --executor submitit: host memory per GPU in GB [default: the partition's].")
+@click.option("--time", "time_min", type=click.IntRange(1), default=720,
+              help="With --executor submitit: time limit of each run in minutes (a run that reaches it is requeued "
+                   "and continues from its last checkpoint).")
+@click.option("--array-parallelism", type=click.IntRange(1), default=64,
+              help="With --executor submitit: how many runs of the job array may run at once.")
+@click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="KEY=VALUE",
+              help="With --executor submitit: any other submitit SLURM parameter, e.g. account=myproj, qos=high, "
+                   "constraint=h100 (repeat the option).")
+def sweep(config, runs_dir, print_only, keep_going, resume, executor, cluster, partition, gpus_per_job, cpus_per_gpu,
+          mem_gb_per_gpu, time_min, array_parallelism, slurm_opts):
     """Run a grid of training jobs from a YAML/JSON CONFIG, one run folder each, one after another.
 
     A run is finished when its folder holds final.json; finished runs are skipped, and a folder left by an
     interrupted run is cleared and redone (--resume: continued), so a sweep can be killed and started again at
     any time. SIGINT/SIGTERM stop it after the current step of the current run, with a checkpoint written. Two
     sweep processes on the same runs dir share the work (a lock per job). See configs/README.md for the format.
+
+    On a SLURM cluster, --executor submitit submits the unfinished runs as a job array instead, e.g.
+    ``gtaseg sweep configs/table2.yaml --executor submitit --partition gpu --gpus-per-job 1 --time 240``.
     """
     from gtaseg.checkpointing import Interrupted
     from gtaseg.sweep import expand, load_config, pending_lines, run_sweep, write_sweep_record
 
+    cluster_only = [p.opts[0] for p in click.get_current_context().command.params
+                    if p.name in _CLUSTER_OPTIONS and click.get_current_context().get_parameter_source(p.name)
+                    == ParameterSource.COMMANDLINE]
+    if cluster_only and (executor != "submitit" or print_only):
+        raise click.UsageError(f"{', '.join(cluster_only)} only apply with --executor submitit (and without --print)")
     cfg = load_config(config)
     jobs = expand(cfg)
     if not jobs:
         raise GtasegError(f"{config}: the grid has no jobs")
     runs_dir = Path(runs_dir or cfg.runs_dir or Path("runs") / cfg.name)
+    if executor == "submitit" and not print_only:
+        return _submit(cfg, jobs, runs_dir, resume, _cluster_options(
+            cluster, partition, gpus_per_job, cpus_per_gpu, mem_gb_per_gpu, time_min, array_parallelism, slurm_opts))
     if print_only:
         lines, counts = pending_lines(jobs, runs_dir, resume=resume)
         write_sweep_record(cfg, runs_dir)
@@ -59,6 +95,34 @@ def sweep(config, runs_dir, print_only, keep_going, resume):
                + (f", {len(result.failed)} failed" if result.failed else "") + f"; report: gtaseg report {runs_dir}")
     if result.failed:
         raise GtasegError(f"{len(result.failed)} run(s) failed: " + "; ".join(f"{n}: {m}" for n, m in result.failed))
+
+
+_CLUSTER_OPTIONS = ("cluster", "partition", "gpus_per_job", "cpus_per_gpu", "mem_gb_per_gpu", "time_min",
+                    "array_parallelism", "slurm_opts")
+
+
+def _cluster_options(cluster, partition, gpus_per_job, cpus_per_gpu, mem_gb_per_gpu, time_min, array_parallelism,
+                       slurm_opts):
+    from gtaseg.cli.train import parse_kv
+    from gtaseg.submit import ClusterOptions
+
+    return ClusterOptions(cluster=cluster, partition=partition, gpus_per_job=gpus_per_job, cpus_per_gpu=cpus_per_gpu,
+                          mem_gb_per_gpu=mem_gb_per_gpu, time_min=time_min, array_parallelism=array_parallelism,
+                          extra=parse_kv(slurm_opts))
+
+
+def _submit(cfg, jobs, runs_dir: Path, resume: bool, options) -> None:
+    """--executor submitit: submit the unfinished jobs; on this machine's executors, wait for them."""
+    from gtaseg.submit import describe, submit, wait
+    from gtaseg.sweep import slug, write_sweep_record
+
+    write_sweep_record(cfg, runs_dir)
+    result = submit(jobs, runs_dir, options, name=f"gtaseg-{slug(cfg.name)}", resume=resume)
+    click.echo(f"sweep {cfg.name}: " + describe(result, options, runs_dir), err=True)
+    if options.cluster != "slurm" and result.jobs:
+        failed = wait(result, echo=lambda s: click.echo(s, err=True))
+        if failed:
+            raise GtasegError(f"{len(failed)} run(s) failed: " + "; ".join(f"{n}: {m}" for n, m in failed))
 
 
 @click.command(context_settings={"show_default": True})

