@@ -34,8 +34,9 @@ def test_gta_term_is_zero_at_start_and_grows_after_a_step(tmp_path, tiny_folder)
     assert terms["reg"].item() > 0.0
 
 
-def test_lambda_zero_gives_baseline_gradients(tmp_path, tiny_folder):
-    gta = make_trainer(tmp_path / "a", tiny_folder, method="gta", lam=0.0)
+@pytest.mark.parametrize("method", ["gta", "attn-distill", "cls-distill"])
+def test_lambda_zero_gives_baseline_gradients(tmp_path, tiny_folder, method):
+    gta = make_trainer(tmp_path / "a", tiny_folder, method=method, lam=0.0)
     base = make_trainer(tmp_path / "b", tiny_folder, method="baseline")
     base.model.load_state_dict(gta.model.state_dict())
     # Move the target away from the source so the GTA term has a non-zero gradient that λ = 0 must cancel.
@@ -47,7 +48,7 @@ def test_lambda_zero_gives_baseline_gradients(tmp_path, tiny_folder):
     assert g_gta.keys() == g_base.keys()
     for name in g_base:
         torch.testing.assert_close(g_gta[name], g_base[name], atol=0, rtol=0)
-    gta.cfg.lam = 1.0
+    gta.cfg.lam = METHODS[method].default_lam
     assert any(not torch.equal(grads(gta, images, labels)[n], g_base[n]) for n in g_base)
 
 
