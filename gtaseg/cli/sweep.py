@@ -135,6 +135,12 @@ def report(runs_dir, out):
     Prints the Markdown (also written to report.md): Table 2 (methods × datasets × sampling rates, mean ± std
     over seeds at each method's best λ of 0.1α/α/10α), and where the runs allow it Table 3 (guidance target),
     Table 5 (TransMix), Table 6 (source model); Figure 4 (top-1 against λ) goes to figure4.png.
+
+    When every run reports a validation top-1 (synthetic data with val_per_class > 0), Table 2 is written for
+    two protocols side by side: "fair", each method's λ and lr chosen on validation top-1 (selected_on = val in
+    table2.csv), and "paper", one recipe for every method (lr 1e-4) with λ chosen on test (selected_on =
+    test). Settings are compared on the seeds they all have, and seeds.yaml (a sweep config) runs seeds 1 and 2
+    of every chosen setting: `gtaseg sweep OUT/seeds.yaml`, then report again.
     """
     from gtaseg.report import make_report
 
