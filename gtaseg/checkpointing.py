@@ -18,7 +18,7 @@ import pickle
 import random
 import signal
 import threading
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from gtaseg.errors import CheckpointError, GtasegError
 from gtaseg.io import atomic_write, write_text
 
 if TYPE_CHECKING:
-    from gtaseg.train import TrainConfig, Trainer
+    from gtaseg.train import Trainer
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "gtaseg-train-state"
@@ -40,6 +40,9 @@ RUNTIME_OPTIONS = ("device", "workers", "ckpt_every")
 # Options added after runs were written, with the value a config (or checkpoint) without them implies: runs from
 # before --lam-reduction summed their term, and none logged to TensorBoard.
 ADDED_OPTIONS = {"lam_reduction": "sum", "tensorboard": False}
+# The key of config.json that holds what λ means in the other reduction: derived, not an option, so a resumed
+# run's config ignores it.
+CONFIG_NOTE = "lam_conversion"
 
 
 class Interrupted(GtasegError):
@@ -181,38 +184,6 @@ def _json_roundtrip(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- resuming
-
-def resumed_config(out: str | Path, **overrides: Any) -> TrainConfig:
-    """The config of the run in ``out`` (its config.json), with ``overrides`` of :data:`RUNTIME_OPTIONS`."""
-    from gtaseg.train import TrainConfig
-
-    out = Path(out)
-    path = out / "config.json"
-    if not out.is_dir():
-        raise GtasegError(f"{out}: no such run directory")
-    if not path.is_file():
-        raise GtasegError(f"{path}: not found; {out} holds no run to resume (start one with --out)")
-    if (out / "final.json").exists():
-        raise GtasegError(f"{out / 'final.json'}: this run already finished; nothing to resume")
-    try:
-        saved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GtasegError(f"{path}: not valid JSON ({e})") from None
-    known = {f.name for f in fields(TrainConfig)}
-    if isinstance(saved, dict):
-        from gtaseg.train import CONFIG_NOTE
-
-        saved.pop(CONFIG_NOTE, None)
-        saved = {**ADDED_OPTIONS, **saved}
-    if not isinstance(saved, dict) or set(saved) - known:
-        extra = sorted(set(saved) - known) if isinstance(saved, dict) else []
-        raise GtasegError(f"{path}: not a gtaseg run config" + (f" (unknown keys {', '.join(extra)})" if extra else ""))
-    bad = sorted(set(overrides) - set(RUNTIME_OPTIONS))
-    if bad:
-        raise GtasegError(f"only {', '.join(RUNTIME_OPTIONS)} can change when a run resumes, not {', '.join(bad)}")
-    saved.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**saved)
-
 
 def prepare_resume(trainer: Trainer, out: str | Path, write: bool = True) -> None:
     """Bring a freshly built trainer to the state of the run in ``out``: check that the training files are

@@ -32,7 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gtaseg.checkpointing import ADDED_OPTIONS
+from gtaseg.checkpointing import ADDED_OPTIONS, CONFIG_NOTE
 from gtaseg.errors import GtasegError
 from gtaseg.io import atomic_write, write_text
 from gtaseg.methods import METHODS
@@ -821,7 +821,7 @@ def settings_markdown(*tables: Table) -> str:
 
 FOLLOWUP_SEEDS = (1, 2)
 # Fields of a run's config.json that do not belong in a sweep's base: derived, or runtime-only.
-_NOT_BASE = ("lam_conversion", "device", "workers", "ckpt_every", "log_every", "data_root", "compile")
+_NOT_BASE = (CONFIG_NOTE, "device", "workers", "ckpt_every", "log_every", "data_root", "compile")
 
 
 def seed_followup(runs_dir: str | os.PathLike, *tables: Table, seeds: tuple[int, ...] = FOLLOWUP_SEEDS) -> str:

@@ -398,7 +398,8 @@ def _default_train(cfg: dict, out: Path, resume: bool = False) -> dict:
     from gtaseg.train import TrainConfig, train
 
     if resume:
-        from gtaseg.checkpointing import RUNTIME_OPTIONS, resumed_config
+        from gtaseg.checkpointing import RUNTIME_OPTIONS
+        from gtaseg.train import resumed_config
 
         return train(resumed_config(out, **{k: cfg[k] for k in RUNTIME_OPTIONS if k in cfg}), out, resume=True)
     return train(TrainConfig(**cfg), out)

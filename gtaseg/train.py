@@ -8,8 +8,9 @@ import math
 import sys
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,9 @@ from tqdm import tqdm
 
 from gtaseg import distributed
 from gtaseg.attention import capture, cls_logits, resolve_blocks
-from gtaseg.checkpointing import (CHECKPOINT, FiniteGuard, Interrupted, StopSignals, ignore_stop_signals,
-                                  non_finite_loss, prepare_resume, save_state, set_rng_state, trainer_state)
+from gtaseg.checkpointing import (ADDED_OPTIONS, CHECKPOINT, CONFIG_NOTE, RUNTIME_OPTIONS, FiniteGuard, Interrupted,
+                                  StopSignals, ignore_stop_signals, non_finite_loss, prepare_resume, save_state,
+                                  set_rng_state, trainer_state)
 from gtaseg.data.dataset import BadImage, ImageDataset, check_classes, collate_marked, load_split
 from gtaseg.data.sampler import SeededStream
 from gtaseg.data.sampling import stratified_subset
@@ -86,9 +88,6 @@ PRESETS = {
 }
 
 
-# The key of config.json that holds what λ means in the other reduction: derived, not an option, so a resumed
-# run's config ignores it.
-CONFIG_NOTE = "lam_conversion"
 # Test images on which the [cls]-logit drift from the initial weights is logged during training.
 PROBE_IMAGES = 16
 # Under torchrun a stop signal is polled every this many steps: polling costs a collective and a host sync.
@@ -538,11 +537,39 @@ class Trainer:
         return topk_accuracy(self.model, self._readable(loader, len(data)), self.device, desc=f"eval {split}")
 
 
+def resumed_config(out: str | Path, **overrides: Any) -> TrainConfig:
+    """The config of the run in ``out`` (its config.json), with ``overrides`` of :data:`RUNTIME_OPTIONS`."""
+    out = Path(out)
+    path = out / "config.json"
+    if not out.is_dir():
+        raise GtasegError(f"{out}: no such run directory")
+    if not path.is_file():
+        raise GtasegError(f"{path}: not found; {out} holds no run to resume (start one with --out)")
+    if (out / "final.json").exists():
+        raise GtasegError(f"{out / 'final.json'}: this run already finished; nothing to resume")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GtasegError(f"{path}: not valid JSON ({e})") from None
+    known = {f.name for f in fields(TrainConfig)}
+    if isinstance(saved, dict):
+        saved.pop(CONFIG_NOTE, None)
+        saved = {**ADDED_OPTIONS, **saved}
+    if not isinstance(saved, dict) or set(saved) - known:
+        extra = sorted(set(saved) - known) if isinstance(saved, dict) else []
+        raise GtasegError(f"{path}: not a gtaseg run config" + (f" (unknown keys {', '.join(extra)})" if extra else ""))
+    bad = sorted(set(overrides) - set(RUNTIME_OPTIONS))
+    if bad:
+        raise GtasegError(f"only {', '.join(RUNTIME_OPTIONS)} can change when a run resumes, not {', '.join(bad)}")
+    saved.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**saved)
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     """Run a whole training job into ``out`` and return what ``final.json`` holds.
 
     ``resume``: ``out`` holds a run started with ``cfg`` (read it with
-    :func:`gtaseg.checkpointing.resumed_config`); it continues from its last checkpoint.
+    :func:`resumed_config`); it continues from its last checkpoint.
 
     Under ``torchrun`` every rank calls this: they train together and only rank 0 writes files and
     evaluates; every rank returns rank 0's ``final``."""

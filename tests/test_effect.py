@@ -68,7 +68,7 @@ def test_sum_at_converted_lambda_is_the_same_loss(tmp_path, tiny_folder, one_thr
 def test_config_json_records_the_conversion_and_old_runs_resume_summed(tmp_path, tiny_folder):
     from click.testing import CliRunner
 
-    from gtaseg.checkpointing import resumed_config
+    from gtaseg.train import resumed_config
     from gtaseg.cli import main
     from tests.conftest import TINY_TRAIN
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from gtaseg.checkpointing import RUNTIME_OPTIONS, Interrupted, resumed_config
+from gtaseg.checkpointing import RUNTIME_OPTIONS, Interrupted
 from gtaseg.methods import METHODS
-from gtaseg.train import PRESETS, TrainConfig, train as run_training
+from gtaseg.train import PRESETS, TrainConfig, resumed_config, train as run_training
 
 _P, _S = PRESETS["paper"], PRESETS["synthetic"]
 
