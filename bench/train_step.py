@@ -2,8 +2,8 @@
 
 One process, one model, one fixed batch. Every timed round runs, in turn:
 
-* ``baseline``: ``Trainer.train_step`` of ``--method baseline`` (cross-entropy only);
-* ``gta``: ``Trainer.train_step`` of ``--method gta`` (this project's path: fused SDPA stays on, the [cls]
+* ``baseline``: :func:`gtaseg.train.optimizer_step` of ``--method baseline`` (cross-entropy only);
+* ``gta``: :func:`gtaseg.train.optimizer_step` of ``--method gta`` (this project's path: fused SDPA stays on, the [cls]
   row of each block is computed from the qkv projection by a forward hook);
 * ``naive``: the same GTA trainer and step the way attention-visualisation code gets attention: fused
   attention turned off in target and source (each block builds its T×T softmax map), and the full
@@ -39,6 +39,7 @@ GPU (bf16 autocast, fused SDPA, batch 256, torch.compile on and off)::
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import os
@@ -50,12 +51,18 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import gtaseg.attention as attention
-from gtaseg.train import TrainConfig, Trainer
+from gtaseg.config import PRESETS, default
+from gtaseg.methods import METHODS
+from gtaseg.models import create_vit
+from gtaseg.objective import Objective
+from gtaseg.optim import build_optimizer, build_scheduler
+from gtaseg.train import optimizer_step
 
 CONFIGS = ("baseline", "gta", "naive", "source")
 DISTILL = ("attn-distill", "cls-distill")  # measured only when --configs names them
@@ -63,23 +70,36 @@ TRAINED = ("gta", "naive", *DISTILL)  # configurations that a train step of a gu
 HORSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann-horses-voc"
 
 
-def make_folder(root: Path, classes: int) -> Path:
-    """The smallest ImageFolder a Trainer accepts: one image per class (the bench feeds its own batch)."""
-    from PIL import Image
+@dataclass
+class Step:
+    """One method's objective and optimizer on a randomly initialised model, built from tensors (no data on disk):
+    what one optimizer step of ``gtaseg train`` runs, with the paper preset's lr and the method's default λ."""
 
-    for split in ("train", "test"):
-        for c in range(classes):
-            d = root / split / f"c{c:03d}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (8, 8), (c, c, c)).save(d / "0.png")
-    return root
+    method: str
+    model: torch.nn.Module
+    source: torch.nn.Module | None
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def __call__(self, batches) -> dict:
+        return optimizer_step(self.objective, self.optimizer, self.scheduler, batches, accum_steps=1)
 
 
-def make_trainer(method: str, args, root: Path) -> Trainer:
-    cfg = TrainConfig(method=method, init=f"random:{args.arch}", data=str(root), image_size=args.image_size,
-                      batch_size=args.batch_size, accum_steps=1, steps=10**6, workers=0, device=args.device,
-                      blocks=None, seed=0, compile=args.compile_now)
-    return Trainer(cfg, root / f"run-{method}")
+def make_step(method: str, args) -> Step:
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = create_vit(args.arch, args.classes).to(device).train()
+    spec = METHODS[method]
+    spec.freeze(model)
+    source = copy.deepcopy(model).eval().requires_grad_(False) if spec.needs_source else None
+    objective = Objective(model, spec, source=source, lam=spec.default_lam, reduction=default("lam_reduction"),
+                          autocast=torch.bfloat16 if device.type == "cuda" else None)
+    if args.compile_now:
+        objective.compile()
+    paper = PRESETS["paper"]
+    optimizer = build_optimizer(model, paper["lr"], default("weight_decay"), paper["head_lr_scale"])
+    return Step(method, model, source, objective, optimizer, build_scheduler(optimizer, 10**6))
 
 
 def fixed_batch(args, classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +110,7 @@ def fixed_batch(args, classes: int, device: torch.device) -> tuple[torch.Tensor,
 
 
 @contextmanager
-def naive_attention(trainer: Trainer, kept: list):
+def naive_attention(trainer: Step, kept: list):
     """GTA the naive way, on the same trainer and step: fused attention off in target and source, and the
     full pre-softmax T×T map of every block computed (q·kᵀ) and kept in ``kept``; the loss reads the [cls]
     row of those maps, so the loss value is the same as the project's path."""
@@ -116,44 +136,43 @@ def naive_attention(trainer: Trainer, kept: list):
             a.fused_attn = f
 
 
-def step_functions(args, root: Path, configs, all_trainers: bool = False) -> tuple[dict, Trainer | dict | None]:
+def step_functions(args, configs, all_trainers: bool = False) -> tuple[dict, Step | dict | None]:
     """A zero-argument callable per configuration that runs one step (or one source forward)."""
     device = torch.device(args.device)
     trainers = {}
     if "baseline" in configs:
-        trainers["baseline"] = make_trainer("baseline", args, root)
+        trainers["baseline"] = make_step("baseline", args)
     if {"gta", "naive", "source"} & set(configs):
-        trainers["gta"] = make_trainer("gta", args, root)
+        trainers["gta"] = make_step("gta", args)
     for method in DISTILL:
         if method in configs:
-            trainers[method] = make_trainer(method, args, root)
-    any_trainer = next(iter(trainers.values()))
-    images, labels = fixed_batch(args, len(any_trainer.classes), device)
+            trainers[method] = make_step(method, args)
+    images, labels = fixed_batch(args, args.classes, device)
     for t in trainers.values():
         t.bench_batch = (images, labels)
     batches = itertools.repeat((images, labels))
     fns = {}
     if "baseline" in configs:
-        fns["baseline"] = lambda: trainers["baseline"].train_step(batches)
+        fns["baseline"] = lambda: trainers["baseline"](batches)
     if "gta" in configs:
-        fns["gta"] = lambda: trainers["gta"].train_step(batches)
+        fns["gta"] = lambda: trainers["gta"](batches)
     for method in DISTILL:
         if method in configs:
-            fns[method] = lambda method=method: trainers[method].train_step(batches)
+            fns[method] = lambda method=method: trainers[method](batches)
     if "naive" in configs:
         kept: list = []
 
         def naive():
             kept.clear()
             with naive_attention(trainers["gta"], kept):
-                return trainers["gta"].train_step(batches)
+                return trainers["gta"](batches)
         fns["naive"] = naive
     if "source" in configs:
         gta = trainers["gta"]
 
         def source():
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                return gta.source_features(images)  # the trainer's (compiled with --compile) source forward
+                return gta.objective.source_features(images)  # the objective's (compiled with --compile) source forward
         fns["source"] = source
     return fns, (trainers if all_trainers else trainers.get("gta"))
 
@@ -227,26 +246,25 @@ def allocator_peak_mb(fn) -> float:
 
 def time_configs(args, configs) -> dict:
     """Interleaved rounds of every configuration; per-configuration medians in seconds."""
-    with tempfile.TemporaryDirectory() as tmp:
-        fns, _ = step_functions(args, make_folder(Path(tmp), args.classes), configs)
-        times = {c: [] for c in configs}
-        cpu = {c: [] for c in configs}
-        warm = {c: [] for c in configs}
-        for r in range(args.warmup + args.steps):
-            for c in configs:
-                sync(args.device)
-                t0, c0 = time.perf_counter(), time.process_time()
-                out = fns[c]()
-                if isinstance(out, dict):  # train_step's loss terms: make sure nothing is left queued
-                    out = {k: float(v) for k, v in out.items()}
-                sync(args.device)
-                if r >= args.warmup:
-                    times[c].append(time.perf_counter() - t0)
-                    cpu[c].append(time.process_time() - c0)
-                else:
-                    warm[c].append(round(time.perf_counter() - t0, 3))
-            print(f"  round {r + 1}/{args.warmup + args.steps}: " + "  ".join(
-                f"{c} {(times[c] or warm[c])[-1]:.3f}s" for c in configs), file=sys.stderr)
+    fns, _ = step_functions(args, configs)
+    times = {c: [] for c in configs}
+    cpu = {c: [] for c in configs}
+    warm = {c: [] for c in configs}
+    for r in range(args.warmup + args.steps):
+        for c in configs:
+            sync(args.device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = fns[c]()
+            if isinstance(out, dict):  # train_step's loss terms: make sure nothing is left queued
+                out = {k: float(v) for k, v in out.items()}
+            sync(args.device)
+            if r >= args.warmup:
+                times[c].append(time.perf_counter() - t0)
+                cpu[c].append(time.process_time() - c0)
+            else:
+                warm[c].append(round(time.perf_counter() - t0, 3))
+        print(f"  round {r + 1}/{args.warmup + args.steps}: " + "  ".join(
+            f"{c} {(times[c] or warm[c])[-1]:.3f}s" for c in configs), file=sys.stderr)
     # Wall-clock medians are the figures; the process's CPU time (all its threads) is kept beside them because
     # on a shared machine other jobs stretch wall time but much less the CPU time this process itself used.
     return {c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "all_s": [round(x, 4) for x in v],
@@ -257,32 +275,31 @@ def time_configs(args, configs) -> dict:
 
 def child_memory(args, config: str) -> dict:
     """Run inside a fresh process: set up one configuration, then a few steps; report its peaks."""
-    with tempfile.TemporaryDirectory() as tmp:
-        fns, trainers = step_functions(args, make_folder(Path(tmp), args.classes), [config], all_trainers=True)
-        cuda = torch.device(args.device).type == "cuda"
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before_gpu = torch.cuda.memory_allocated() / 2**20
-        before = rss_now_mb()
-        for _ in range(args.memory_steps):
-            out = fns[config]()
-            if isinstance(out, dict):
-                out = {k: float(v) for k, v in out.items()}
-        sync(args.device)
-        result = {"max_rss_mb": max_rss_mb(), "rss_before_steps_mb": before}
-        result["step_rss_mb"] = result["max_rss_mb"] - before
-        if not cuda:
-            # Allocator view, free of malloc's caching and fragmentation: tensors held between steps (weights,
-            # AdamW state, the source, the batch) plus the peak of what one more step allocates on top.
-            held = tensor_bytes(*[x for t in trainers.values() for x in (t.model, t.source, t.optimizer)
-                                  if x is not None], *next(iter(trainers.values())).bench_batch) / 2**20
-            step_peak = allocator_peak_mb(fns[config])
-            result.update(alloc_held_mb=held, alloc_step_peak_mb=step_peak, alloc_peak_mb=held + step_peak)
-        if cuda:
-            result["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            result["gpu_allocated_before_steps_mb"] = before_gpu
-        return result
+    fns, trainers = step_functions(args, [config], all_trainers=True)
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before_gpu = torch.cuda.memory_allocated() / 2**20
+    before = rss_now_mb()
+    for _ in range(args.memory_steps):
+        out = fns[config]()
+        if isinstance(out, dict):
+            out = {k: float(v) for k, v in out.items()}
+    sync(args.device)
+    result = {"max_rss_mb": max_rss_mb(), "rss_before_steps_mb": before}
+    result["step_rss_mb"] = result["max_rss_mb"] - before
+    if not cuda:
+        # Allocator view, free of malloc's caching and fragmentation: tensors held between steps (weights,
+        # AdamW state, the source, the batch) plus the peak of what one more step allocates on top.
+        held = tensor_bytes(*[x for t in trainers.values() for x in (t.model, t.source, t.optimizer)
+                              if x is not None], *next(iter(trainers.values())).bench_batch) / 2**20
+        step_peak = allocator_peak_mb(fns[config])
+        result.update(alloc_held_mb=held, alloc_step_peak_mb=step_peak, alloc_peak_mb=held + step_peak)
+    if cuda:
+        result["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["gpu_allocated_before_steps_mb"] = before_gpu
+    return result
 
 
 def measure_memory(args, configs) -> dict:

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from gtaseg.cli.train import parse_kv
+from gtaseg.config import parse_pairs
 from gtaseg.data.dataset import ImageDataset
 from gtaseg.data.split import Split
 from gtaseg.data.synthetic import MAX_SPOTS, SyntheticConfig, generate, synthetic_split
@@ -79,7 +79,7 @@ def main(ckpt: str, synthetic_opts: tuple[str, ...], target: str, kind: str, ima
          weight_decay: float, out: str | None) -> None:
     """Linear-probe top-1 of a frozen model on a synthetic dataset."""
     try:
-        cfg = SyntheticConfig.from_options(parse_kv(synthetic_opts))
+        cfg = SyntheticConfig.from_options(parse_pairs(synthetic_opts))
         root = generate(cfg)
         model, info = load_model(ckpt)
     except GtasegError as e:

@@ -53,17 +53,19 @@ def resolve_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[int]:
 
 
 def _cls_row_logits(attn: nn.Module, qkv: Tensor) -> Tensor:
-    """[B, H, T] logits of the [cls] query (token 0) against all keys, from the qkv projection output.
+    """[B, H, T] fp32 logits of the [cls] query (token 0) against all keys, from the qkv projection output.
 
     Three kernels on views of ``qkv`` (scale the [cls] query, multiply it into the keys, sum over D): no
-    contiguous copy of the keys as a batched matmul would make, and O(T·C) work and memory either way.
+    batched matmul, O(T·C) work and memory. The product and the sum over D run in fp32 even under bf16
+    autocast: GTA holds target ≈ source, and differences below bf16's resolution would otherwise become
+    rounding noise summed over every block, head and patch of the term.
     """
     B, T, _ = qkv.shape
     H, D = attn.num_heads, attn.head_dim
     q = qkv[:, :1, : H * D].reshape(B, 1, H, D)
     k = qkv[:, :, H * D : 2 * H * D].reshape(B, T, H, D)
     # q/k norms (identity unless the model has qk_norm) act per head on D, exactly as in the forward.
-    q, k = attn.q_norm(q) * attn.scale, attn.k_norm(k)
+    q, k = attn.q_norm(q).float() * attn.scale, attn.k_norm(k).float()
     return (k * q).sum(-1).transpose(1, 2)
 
 

@@ -8,7 +8,8 @@ an option is one edit here.
 from __future__ import annotations
 
 import copy
-from dataclasses import MISSING, dataclass, field, fields
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from gtaseg.errors import GtasegError
@@ -217,3 +218,12 @@ def train_argv(cfg: dict) -> list[str]:
         else:
             argv += [flag, repr(value) if isinstance(value, float) else str(value)]
     return argv
+
+
+def changed_options(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The options on which a run's recorded config (a checkpoint's, from any gtaseg version) and ``cfg``
+    disagree, leaving out those that may change on resume."""
+    roundtrip = lambda d: json.loads(json.dumps(d))  # noqa: E731 (tuples become lists, as in the files)
+    theirs = roundtrip({k: v for k, v in {**ADDED_OPTIONS, **saved}.items() if k not in RESUME_OPTIONS})
+    ours = roundtrip({k: v for k, v in asdict(cfg).items() if k not in RESUME_OPTIONS})
+    return sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))

@@ -105,3 +105,12 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_ints(value: int) -> list[int]:
+    """Every rank's ``value`` in rank order, on every rank (one collective); ``[value]`` in a single process."""
+    ctx = current()
+    if not ctx.enabled:
+        return [value]
+    means = all_reduce_mean({str(r): float(value if r == ctx.rank else 0) for r in range(ctx.world_size)})
+    return [round(float(means[str(r)]) * ctx.world_size) for r in range(ctx.world_size)]

@@ -32,10 +32,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gtaseg.checkpointing import ADDED_OPTIONS, CONFIG_NOTE
+from gtaseg.config import ADDED_OPTIONS
 from gtaseg.errors import GtasegError
 from gtaseg.io import atomic_write, write_text
 from gtaseg.methods import METHODS
+from gtaseg.rundir import CONFIG_NOTE
 
 DATASET_ORDER = ("cub", "cars", "aircraft", "dogs", "pet")
 DATASET_TITLES = {"cub": "CUB-200-2011", "cars": "Stanford Cars", "aircraft": "FGVC-Aircraft",

@@ -398,10 +398,10 @@ def _default_train(cfg: dict, out: Path, resume: bool = False) -> dict:
     from gtaseg.train import TrainConfig, train
 
     if resume:
-        from gtaseg.checkpointing import RUNTIME_OPTIONS
-        from gtaseg.train import resumed_config
+        from gtaseg.config import RESUME_OPTIONS
+        from gtaseg.rundir import RunDir
 
-        return train(resumed_config(out, **{k: cfg[k] for k in RUNTIME_OPTIONS if k in cfg}), out, resume=True)
+        return train(RunDir(out).resumed_config(**{k: cfg[k] for k in RESUME_OPTIONS if k in cfg}), out, resume=True)
     return train(TrainConfig(**cfg), out)
 
 
@@ -437,7 +437,7 @@ def run_sweep(jobs: list[Job], runs_dir: str | os.PathLike, *, keep_going: bool 
     unless ``keep_going`` (its directory stays, and is redone next time). SIGINT/SIGTERM stop the running job
     after its current step with a checkpoint written (:class:`gtaseg.checkpointing.Interrupted`) and end the sweep.
     """
-    from gtaseg.checkpointing import Interrupted
+    from gtaseg.stopping import Interrupted
 
     train_fn = train_fn or _default_train
     runs_dir = Path(runs_dir)

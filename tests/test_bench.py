@@ -1,6 +1,7 @@
 """bench/train_step.py runs end to end on a tiny model (a smoke test: nothing here asserts a timing)."""
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
 def bench():
     spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules[spec.name]
 
 
 TINY = ["--arch", "vit_tiny_patch16_224", "--image-size", "32", "--batch-size", "2", "--classes", "3",
@@ -44,15 +47,15 @@ def test_naive_path_gives_the_same_loss_as_the_project_path(tmp_path, bench):
     every block's full T×T map kept."""
     args = bench.parse(TINY)
     args.compile_now = False
-    root = bench.make_folder(tmp_path, 3)
-    trainer = bench.make_trainer("gta", args, root)
+    args.classes = 3
+    trainer = bench.make_step("gta", args)
     with torch.no_grad():
         trainer.model.blocks[0].attn.qkv.weight.mul_(1.2)  # so that the GTA term is not 0
     images, labels = bench.fixed_batch(args, 3, torch.device("cpu"))
-    loss, terms = trainer.loss(images, labels)
+    loss, terms = trainer.objective.loss(images, labels)
     kept = []
     with bench.naive_attention(trainer, kept):
-        naive_loss, naive_terms = trainer.loss(images, labels)
+        naive_loss, naive_terms = trainer.objective.loss(images, labels)
         assert not any(b.attn.fused_attn for b in trainer.model.blocks)
     assert len(kept) == 2 * len(trainer.model.blocks)  # target and source, every block
     T = (32 // 16) ** 2 + 1
@@ -109,7 +112,6 @@ def test_bench_times_the_attention_transfer_baselines(tmp_path, bench):
 def test_bench_distill_steps_use_their_own_term(tmp_path, bench):
     args = bench.parse(TINY)
     args.compile_now = False
-    fns, trainers = bench.step_functions(args, bench.make_folder(tmp_path, 3), ["attn-distill", "cls-distill"],
-                                         all_trainers=True)
-    assert {t.cfg.method for t in trainers.values()} == {"attn-distill", "cls-distill"}
+    fns, trainers = bench.step_functions(args, ["attn-distill", "cls-distill"], all_trainers=True)
+    assert {t.method for t in trainers.values()} == {"attn-distill", "cls-distill"}
     assert all(float(fns[m]()["reg"]) > 0 for m in ("attn-distill", "cls-distill"))  # CE ≥ the source's entropy

@@ -47,10 +47,10 @@ def test_term_and_gradients_match_the_unfused_reference(tmp_path, tiny_folder, m
     t = moved_trainer(tmp_path, tiny_folder, method, lam=2.0)
     images, labels = batch(t)
     got = grads(t, images, labels)
-    _, terms = t.loss(images, labels)
+    _, terms = t.objective.loss(images, labels)
 
     with torch.no_grad():
-        source_maps, _ = unfused_maps(t.source, images)
+        source_maps, _ = unfused_maps(t.objective.source, images)
     t.model.zero_grad(set_to_none=True)
     maps, logits = unfused_maps(t.model, images)
     reg = reference_term(method, maps, source_maps)

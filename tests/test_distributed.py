@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from gtaseg import distributed
-from gtaseg.checkpointing import CHECKPOINT, load_state
+from gtaseg.checkpointing import load_state
+from gtaseg.rundir import CHECKPOINT
 from gtaseg.cli import main
 from gtaseg.data.sampler import SeededStream
 from gtaseg.train import SIGNAL_POLL_STEPS

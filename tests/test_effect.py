@@ -12,7 +12,7 @@ from gtaseg.data.synthetic import SyntheticConfig, generate, glyph_look, synthet
 from gtaseg.errors import DataError, GtasegError
 from gtaseg.evaluation.mass import patch_cover, region_mass
 from gtaseg.regularizers import guidance_entries, guidance_l2
-from gtaseg.train import TrainConfig, Trainer
+from gtaseg.train import TrainConfig, build_training
 
 GLYPH = SyntheticConfig(num_classes=4, train_per_class=10, test_per_class=8, val_per_class=8, image_size=64,
                         shortcut=0.8, cue="glyph")
@@ -45,30 +45,30 @@ def test_sum_at_converted_lambda_is_the_same_loss(tmp_path, tiny_folder, one_thr
     """λ_sum = λ_mean / entries: the two reductions give the same loss, and term_entries counts what is summed."""
     kw = dict(init="random:vit_tiny_patch16_224", data=str(tiny_folder), image_size=32, batch_size=4, steps=2,
               workers=0, method=method, blocks=[0, 2])
-    mean = Trainer(TrainConfig(lam=3.0, lam_reduction="mean", **kw), tmp_path / "m")
-    entries = mean.term_entries()
-    summed = Trainer(TrainConfig(lam=3.0 / entries, lam_reduction="sum", **kw), tmp_path / "s")
+    mean = build_training(TrainConfig(lam=3.0, lam_reduction="mean", **kw))
+    entries = mean.objective.term_entries(32)
+    summed = build_training(TrainConfig(lam=3.0 / entries, lam_reduction="sum", **kw))
     summed.model.load_state_dict(mean.model.state_dict())
     with torch.no_grad():  # move the target off the source so that the term is not zero
         for p in list(mean.model.parameters()) + list(summed.model.parameters()):
             p.add_(0.01 * torch.sin(torch.arange(p.numel(), dtype=p.dtype)).view_as(p))
     torch.manual_seed(1)
     images, labels = torch.randn(4, 3, 32, 32), torch.arange(4) % len(mean.classes)
-    loss_m, terms_m = mean.loss(images, labels)
-    loss_s, terms_s = summed.loss(images, labels)
+    loss_m, terms_m = mean.objective.loss(images, labels)
+    loss_s, terms_s = summed.objective.loss(images, labels)
     assert terms_m["reg"] > 0
     assert loss_m.item() == pytest.approx(loss_s.item(), rel=1e-5)
     assert terms_s["reg"].item() == pytest.approx(terms_m["reg"].item() * entries, rel=1e-5)
     heads, patches, dim = 3, 4, 192  # vit_tiny at 32 px with patch 16: 2×2 patches, 1 prefix token
     assert entries == (2 * heads * patches if method == "gta" else 2 * (patches + 1) * dim)
-    conv = mean.lam_conversion()
+    conv = mean.objective.lam_conversion(32)
     assert conv["entries"] == entries and conv["lam_sum"] == pytest.approx(3.0 / entries)
 
 
 def test_config_json_records_the_conversion_and_old_runs_resume_summed(tmp_path, tiny_folder):
     from click.testing import CliRunner
 
-    from gtaseg.train import resumed_config
+    from gtaseg.rundir import RunDir
     from gtaseg.cli import main
     from tests.conftest import TINY_TRAIN
 
@@ -87,9 +87,9 @@ def test_config_json_records_the_conversion_and_old_runs_resume_summed(tmp_path,
     old.mkdir()
     del config["lam_reduction"], config["lam_conversion"]
     (old / "config.json").write_text(json.dumps(config))
-    assert resumed_config(old).lam_reduction == "sum"
+    assert RunDir(old).resumed_config().lam_reduction == "sum"
     with pytest.raises(GtasegError, match="lam-reduction"):
-        Trainer(TrainConfig(init="random:vit_tiny_patch16_224", data=str(tiny_folder), lam_reduction="max"), tmp_path)
+        build_training(TrainConfig(init="random:vit_tiny_patch16_224", data=str(tiny_folder), lam_reduction="max"))
 
 
 # ----------------------------------------------------------------------------------------- glyph cue
@@ -258,9 +258,11 @@ def test_seed_followup_config_names_the_tuning_runs(effect_runs):
 def test_checkpoint_from_before_the_reduction_option_resumes_summed(tmp_path, tiny_folder, one_thread):
     """A checkpoint whose config predates lam_reduction (and tensorboard) means the summed term: it restores into
     a trainer that sums, and is refused by one that takes the mean."""
-    from gtaseg.checkpointing import CHECKPOINT, load_state, restore_trainer
+    from gtaseg.checkpointing import load_state
+    from gtaseg.config import resolve
     from gtaseg.errors import CheckpointError
-    from gtaseg.train import train
+    from gtaseg.rundir import CHECKPOINT
+    from gtaseg.train import train, verify_state
 
     kw = dict(init="random:vit_tiny_patch16_224", data=str(tiny_folder), image_size=32, batch_size=4, steps=1,
               workers=0, method="gta")
@@ -268,6 +270,6 @@ def test_checkpoint_from_before_the_reduction_option_resumes_summed(tmp_path, ti
     state = load_state(tmp_path / "run" / CHECKPOINT)
     for key in ("lam_reduction", "tensorboard"):
         del state["config"][key]
-    restore_trainer(Trainer(TrainConfig(lam_reduction="sum", **kw), tmp_path / "a"), state, "old")
+    verify_state(state, resolve(TrainConfig(lam_reduction="sum", **kw)), "old")
     with pytest.raises(CheckpointError, match="lam_reduction"):
-        restore_trainer(Trainer(TrainConfig(lam_reduction="mean", **kw), tmp_path / "b"), state, "old")
+        verify_state(state, resolve(TrainConfig(lam_reduction="mean", **kw)), "old")

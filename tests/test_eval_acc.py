@@ -56,3 +56,26 @@ def test_eval_acc_refuses_other_classes(setup):
     result = CliRunner().invoke(main, ["eval-acc", "--ckpt", str(ckpt), "--data-root", str(tmp_path / "data"),
                                        "--workers", "0"])
     assert result.exit_code == 1 and "head has 3 classes" in result.output and "has 4" in result.output
+
+
+def test_eval_acc_reproduces_final_json_of_a_run_at_its_own_resolution(tmp_path, tiny_folder, one_thread):
+    """A run at --image-size 48 (the folder preset says 224): eval-acc reads the size and the centre crop from
+    the checkpoint, scores through training's accuracy path, and gets final.json's numbers."""
+    from tests.conftest import TINY_TRAIN
+
+    run = tmp_path / "run"
+    args = [a if a != "32" else "48" for a in TINY_TRAIN]
+    result = CliRunner().invoke(main, ["train", "--data", str(tiny_folder), *args, "--steps", "2", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "acc.json"
+    result = CliRunner().invoke(main, ["eval-acc", "--ckpt", str(run / "model.safetensors"), "--data-root",
+                                       str(tiny_folder), "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report, final = json.loads(out.read_text()), json.loads((run / "final.json").read_text())
+    assert report["image_size"] == 48 and report["crop_pct"] == 0.875
+    assert (report["top1"], report["top5"], report["count"]) == (final["top1"], final["top5"], final["test_images"])
+
+
+def test_eval_acc_out_help_says_what_it_writes():
+    text = " ".join(CliRunner().invoke(main, ["eval-acc", "--help"]).output.split())
+    assert "Jaccard" not in text and "accuracy (top1, top5" in text

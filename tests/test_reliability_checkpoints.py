@@ -10,7 +10,8 @@ import torch
 from click.testing import CliRunner
 
 import gtaseg
-from gtaseg.checkpointing import CHECKPOINT, load_state, save_state
+from gtaseg.checkpointing import load_state, save_state
+from gtaseg.rundir import CHECKPOINT
 from gtaseg.cli import main
 from tests.conftest import TINY_TRAIN
 

@@ -14,9 +14,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from gtaseg.checkpointing import CHECKPOINT, load_state
+from gtaseg.checkpointing import load_state
+from gtaseg.rundir import CHECKPOINT
 from gtaseg.cli import main
-from gtaseg.train import Trainer
+from gtaseg.objective import Objective
 from tests.conftest import TINY_TRAIN
 
 GTASEG = [sys.executable, "-c", "from gtaseg.cli import main; main(prog_name='gtaseg')"]
@@ -102,8 +103,8 @@ def test_sigterm_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(tin
     state = load_state(out / CHECKPOINT)
     stopped = state["step"]
     assert 6 <= stopped < STEPS  # part way through
-    assert state["position"] == stopped * 4  # batch 4, one micro-batch per step
-    assert {"model", "optimizer", "scheduler", "scaler", "rng", "transmix_rng", "log"} <= state.keys()
+    assert state["draws"] == [stopped]  # one micro-batch per step, none dropped
+    assert {"model", "optimizer", "scheduler", "rng", "transmix_rng", "log"} <= state.keys()
     assert not (out / "model.safetensors").exists() and not (out / "final.json").exists()
     assert max(r["step"] for r in metrics(out)) <= stopped
 
@@ -136,15 +137,15 @@ def run_in_process(*args: str):
 
 def test_sigint_exits_130_and_resume_refuses_other_options(tiny_folder, tmp_path, monkeypatch):
     """SIGINT to this very process, sent from inside the third step (as a Ctrl-C would arrive)."""
-    step = Trainer.train_step
+    loss, calls = Objective.loss, []
 
-    def interrupted_step(self, batches):
-        out = step(self, batches)
-        if self.step == 3:
+    def interrupted_loss(self, images, labels):  # one micro-batch per step: the third call is the third step
+        calls.append(1)
+        if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGINT)
-        return out
+        return loss(self, images, labels)
 
-    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    monkeypatch.setattr(Objective, "loss", interrupted_loss)
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "run"
     base = ["train", "--data", tiny_folder, *TINY_TRAIN, "--accum-steps", "1", "--steps", "6", "--log-every", "1"]
@@ -156,7 +157,7 @@ def test_sigint_exits_130_and_resume_refuses_other_options(tiny_folder, tmp_path
 
     refused = run_in_process("train", "--resume", out, "--lr", "0.1")
     assert refused.exit_code == 2 and "--lr" in refused.output and "config.json" in refused.output
-    monkeypatch.setattr(Trainer, "train_step", step)
+    monkeypatch.setattr(Objective, "loss", loss)
     assert run_in_process("train", "--resume", out, "--workers", "0").exit_code == 0
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
     finished = run_in_process("train", "--resume", out)
@@ -164,13 +165,14 @@ def test_sigint_exits_130_and_resume_refuses_other_options(tiny_folder, tmp_path
 
 
 def test_non_finite_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, monkeypatch):
-    loss = Trainer.loss
+    loss, calls = Objective.loss, []
 
-    def poisoned(self, images, labels):
+    def poisoned(self, images, labels):  # one micro-batch per step
+        calls.append(1)
         value, terms = loss(self, images, labels)
-        return (value * float("nan"), terms) if self.step == 4 else (value, terms)  # the 5th step
+        return (value * float("nan"), terms) if len(calls) == 5 else (value, terms)  # the 5th step
 
-    monkeypatch.setattr(Trainer, "loss", poisoned)
+    monkeypatch.setattr(Objective, "loss", poisoned)
     out = tmp_path / "run"
     result = run_in_process("train", "--data", tiny_folder, *TINY_TRAIN, "--accum-steps", "1", "--steps", "8",
                             "--log-every", "3", "--ckpt-every", "2", "--out", out)
@@ -193,3 +195,35 @@ def test_a_learning_rate_that_blows_up_is_caught(tiny_folder, tmp_path):
     assert result.exit_code == 1, result.output
     assert "non-finite loss at step" in result.output and "no checkpoint was written" in result.output
     assert not (out / CHECKPOINT).exists() and not (out / "model.safetensors").exists()
+
+
+def test_resume_after_dropped_batches_continues_the_stream_where_it_stood(tmp_path, monkeypatch):
+    """--on-bad-image skip at batch 1: a micro-batch whose one image is unreadable is drawn and dropped, so the
+    stream runs ahead of step × batch. Stopped after such drops and resumed, the run ends as one never stopped."""
+    from tests.conftest import make_image_folder
+    from tests.test_reliability_inputs import truncate
+
+    data = make_image_folder(tmp_path / "data", classes=2, train=4, test=1, size=32)
+    for name in ("0.png", "1.png"):
+        truncate(data / "train" / "class0" / name)
+    args = ["train", "--data", data, *TINY_TRAIN, "--batch-size", "1", "--accum-steps", "1", "--steps", "8",
+            "--log-every", "2", "--on-bad-image", "skip"]
+    reference = tmp_path / "reference"
+    assert run_in_process(*args, "--out", reference).exit_code == 0
+
+    loss, calls = Objective.loss, []
+
+    def interrupted_loss(self, images, labels):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss(self, images, labels)
+
+    monkeypatch.setattr(Objective, "loss", interrupted_loss)
+    out = tmp_path / "run"
+    assert run_in_process(*args, "--out", out).exit_code == 130
+    state = load_state(out / CHECKPOINT)
+    assert state["step"] == 5 and state["draws"][0] > 5 and state["skipped"]  # batches were dropped before the stop
+    monkeypatch.setattr(Objective, "loss", loss)
+    assert run_in_process("train", "--resume", out).exit_code == 0
+    assert_same_run(out, reference)

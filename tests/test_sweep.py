@@ -177,7 +177,7 @@ def test_resume_continues_only_the_same_job(tmp_path):
 
 
 def test_stop_signal_ends_the_sweep(tmp_path):
-    from gtaseg.checkpointing import Interrupted
+    from gtaseg.stopping import Interrupted
 
     jobs = expand(cfg({"seed": [0, 1]}, base={"data": "cub"}))
 

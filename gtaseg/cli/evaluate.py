@@ -281,14 +281,14 @@ def visualize(ckpts: tuple[str, ...], labels: tuple[str, ...], images: tuple[str
 
 def _load_split(data: str, data_root: str | None, split: str, synthetic_opts: tuple[str, ...]):
     """A classification split by --data name (``synthetic`` generated from --synthetic options)."""
-    from gtaseg.cli.train import parse_kv
+    from gtaseg.config import parse_pairs
     from gtaseg.data.dataset import load_split
 
     synthetic_root = None
     if data == "synthetic":
         from gtaseg.data.synthetic import SyntheticConfig, generate
 
-        synthetic_root = generate(SyntheticConfig.from_options(parse_kv(synthetic_opts)))
+        synthetic_root = generate(SyntheticConfig.from_options(parse_pairs(synthetic_opts)))
     return load_split(data, split, data_root, synthetic_root)
 
 
@@ -330,22 +330,25 @@ def eval_masks(ckpt: str, data: str, data_root: str | None, split: str, syntheti
 @click.option("--split", default="test", help="Which split to score.")
 @click.option("--synthetic", "synthetic_opts", multiple=True, metavar="KEY=VALUE", help="Synthetic generator options used at training.")
 @click.option("--arch", default=None, help="timm architecture, where a checkpoint file cannot tell.")
-@click.option("--image-size", type=click.IntRange(16), default=None, help="Eval resolution [default: train's, 224; 112 with --data synthetic].")
+@click.option("--image-size", type=click.IntRange(16), default=None,
+              help="Eval resolution [default: the run's, stored in a gtaseg checkpoint; else 224, 112 with --data synthetic].")
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(0), default=2, help="Data-loader worker processes.")
 @click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
-@_OUT
+@click.option("--on-bad-image", type=click.Choice(["stop", "skip"]), default="stop",
+              help="An unreadable image file: stop with its name, or skip it (and count it in the report).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the accuracy (top1, top5, images scored, image size, crop) as JSON.")
 def eval_acc(ckpt: str, data: str | None, data_root: str | None, split: str, synthetic_opts: tuple[str, ...],
-             arch: str | None, image_size: int | None, batch_size: int, workers: int, device: str, out: str | None) -> None:
-    """Top-1 and top-5 accuracy of a fine-tuned checkpoint, with the same eval transform as training."""
-    from torch.utils.data import DataLoader
-
-    from gtaseg.data.dataset import ImageDataset
-    from gtaseg.data.transforms import eval_transform
-    from gtaseg.evaluation.accuracy import topk_accuracy
+             arch: str | None, image_size: int | None, batch_size: int, workers: int, device: str, on_bad_image: str,
+             out: str | None) -> None:
+    """Top-1 and top-5 accuracy of a fine-tuned checkpoint, through the accuracy path training uses: the run's
+    image size and centre crop (stored in its model.safetensors), so it reproduces final.json."""
+    from gtaseg.config import PRESETS, preset_name
+    from gtaseg.data.pipeline import BadImages
     from gtaseg.devices import pick_device
+    from gtaseg.evaluation.end_of_run import split_accuracy
     from gtaseg.models import load_model
-    from gtaseg.train import PRESETS
 
     if data is None and data_root is None:
         raise click.UsageError("give --data-root (an ImageFolder root) or --data synthetic")
@@ -356,15 +359,18 @@ def eval_acc(ckpt: str, data: str | None, data_root: str | None, split: str, syn
         raise GtasegError(f"{ckpt}: its head has {model.num_classes} classes but {data} ({split}) has {len(test.classes)}")
     if info.classes is not None and list(info.classes) != list(test.classes):
         raise GtasegError(f"{ckpt}: trained on other class names than {data} ({split}) has, or in another order")
-    preset = PRESETS["synthetic" if data == "synthetic" else "paper"]
-    size = image_size or preset["image_size"]
+    preset = PRESETS[preset_name(data)]
+    size = image_size or info.image_size or preset["image_size"]
+    crop = info.eval_crop_pct if info.eval_crop_pct is not None else preset["eval_crop_pct"]
     dev = pick_device(device)
-    loader = DataLoader(ImageDataset(test, eval_transform(size, info.mean, info.std, preset["eval_crop_pct"])),
-                        batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
-    acc = topk_accuracy(model.eval().to(dev), loader, dev, desc=f"eval {split}")
+    bad = BadImages(on_bad_image)
+    acc = split_accuracy(model.to(dev), info, test, image_size=size, crop_pct=crop, batch_size=batch_size,
+                         workers=workers, device=dev, bad_images=bad, data=data, desc=f"eval {split}")
     click.echo(f"{'top1':>8}{'top5':>8}{'images':>8}")
     click.echo(f"{acc['top1']:>8.2f}{acc['top5']:>8.2f}{acc['count']:>8}")
+    if bad.skipped:
+        click.echo(f"{len(bad.skipped)} unreadable images skipped")
     if out:
         write_json(out, {"model": {"ckpt": ckpt, "arch": info.arch}, "data": data, "split": split,
-                         "image_size": size, **acc})
+                         "image_size": size, "crop_pct": crop, **acc, "skipped_images": len(bad.skipped)})
         click.echo(f"report written to {out}")

@@ -56,7 +56,7 @@ def sweep(config, runs_dir, print_only, keep_going, resume, executor, cluster, p
     On a SLURM cluster, --executor submitit submits the unfinished runs as a job array instead, e.g.
     ``gtaseg sweep configs/table2.yaml --executor submitit --partition gpu --gpus-per-job 1 --time 240``.
     """
-    from gtaseg.checkpointing import Interrupted
+    from gtaseg.stopping import Interrupted
     from gtaseg.sweep import expand, load_config, pending_lines, run_sweep, write_sweep_record
 
     cluster_only = [p.opts[0] for p in click.get_current_context().command.params
@@ -103,12 +103,12 @@ _CLUSTER_OPTIONS = ("cluster", "partition", "gpus_per_job", "cpus_per_gpu", "mem
 
 def _cluster_options(cluster, partition, gpus_per_job, cpus_per_gpu, mem_gb_per_gpu, time_min, array_parallelism,
                        slurm_opts):
-    from gtaseg.cli.train import parse_kv
+    from gtaseg.config import parse_pairs
     from gtaseg.submit import ClusterOptions
 
     return ClusterOptions(cluster=cluster, partition=partition, gpus_per_job=gpus_per_job, cpus_per_gpu=cpus_per_gpu,
                           mem_gb_per_gpu=mem_gb_per_gpu, time_min=time_min, array_parallelism=array_parallelism,
-                          extra=parse_kv(slurm_opts))
+                          extra=parse_pairs(slurm_opts))
 
 
 def _submit(cfg, jobs, runs_dir: Path, resume: bool, options) -> None:

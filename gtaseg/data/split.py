@@ -1,4 +1,4 @@
-"""The one dataset description shared by every loader, the sampler and the trainer."""
+"""The one dataset description shared by every loader, the sampler and the training loop."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

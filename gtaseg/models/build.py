@@ -31,6 +31,10 @@ class ModelInfo:
     patch_size: int
     num_prefix_tokens: int
     classes: list[str] | None = field(default=None)
+    # The resolution and centre crop a gtaseg run fine-tuned and evaluated the model at, so that eval-acc scores
+    # it as the run did (final.json); None for weights from elsewhere.
+    image_size: int | None = None
+    eval_crop_pct: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -106,6 +110,8 @@ def _from_state_dict(sd: dict[str, torch.Tensor], arch: str | None, num_classes:
                   ignore_prefixes=() if keep_head else ("head.",))
         info = model_info(model, saved.arch, saved.classes if keep_head else None)
         info.mean, info.std = tuple(saved.mean), tuple(saved.std)
+        if keep_head:
+            info.image_size, info.eval_crop_pct = saved.image_size, saved.eval_crop_pct
         return model, info
     arch = arch or guess_arch(sd)
     if arch is None:

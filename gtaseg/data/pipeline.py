@@ -1,0 +1,154 @@
+"""A run's data, in the order it is built: splits → datasets → a seeded loader → the bad-image policy.
+
+The training stream is :class:`gtaseg.data.sampler.SeededStream`: every sample's position fixes which image
+it is and how it is augmented. :class:`Batches` counts the micro-batches it has drawn, those left out because
+none of their images could be read included, so a resumed run restarts the stream at exactly the position the
+stopped one had reached.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from gtaseg.config import TrainConfig
+from gtaseg.data.dataset import BadImage, ImageDataset, check_classes, collate_marked, load_split
+from gtaseg.data.sampler import SeededStream
+from gtaseg.data.sampling import stratified_subset
+from gtaseg.data.split import Split
+from gtaseg.data.transforms import eval_transform, train_transform
+from gtaseg.errors import DataError
+from gtaseg.stopping import ignore_stop_signals
+
+
+def synthetic_root(data: str, options: dict) -> Path | None:
+    """The generated (cached) synthetic dataset that ``options`` describe; None for other data."""
+    if data != "synthetic":
+        return None
+    from gtaseg.data.synthetic import SyntheticConfig, generate
+
+    return generate(SyntheticConfig.from_options(options))
+
+
+def has_validation(data: str, options: dict) -> bool:
+    """Whether the data has a validation split to choose hyperparameters on (the synthetic data, when asked)."""
+    if data != "synthetic":
+        return False
+    from gtaseg.data.synthetic import SyntheticConfig
+
+    return SyntheticConfig.from_options(options).val_per_class > 0
+
+
+def run_split(cfg: TrainConfig, split: str) -> Split:
+    """The ``split`` of the run's data (``--data``, ``--data-root``, ``--synthetic``)."""
+    return load_split(cfg.data, split, cfg.data_root, synthetic_root(cfg.data, cfg.synthetic))
+
+
+def train_split(cfg: TrainConfig) -> Split:
+    """The run's training images: ``--sampling-rate`` of every class, drawn from ``--seed``."""
+    full = run_split(cfg, "train")
+    split = stratified_subset(full, cfg.sampling_rate, cfg.seed)
+    check_classes(split, cfg.data, cfg.sampling_rate)
+    return split
+
+
+class BadImages:
+    """``--on-bad-image``: stop at the first unreadable file (one line naming it), or skip it and remember it
+    (path → reason) for final.json and skipped_images.txt."""
+
+    def __init__(self, policy: str, skipped: dict[str, str] | None = None):
+        self.policy = policy
+        self.skipped: dict[str, str] = dict(skipped or {})
+
+    def __call__(self, bad: Iterable[BadImage]) -> None:
+        for b in bad:
+            if self.policy == "stop":
+                raise DataError(f"{b.reason} (--on-bad-image skip leaves such files out)")
+            if b.path not in self.skipped:
+                self.skipped[b.path] = b.reason
+                tqdm.write(f"skipping {b.reason}", file=sys.stderr)
+
+    def readable(self, batches: Iterable, size: int, batch_size: int, data: str,
+                 on_draw: Callable[[], None] = lambda: None) -> Iterator[tuple[Tensor, Tensor]]:
+        """The (images, labels) of ``collate_marked`` batches with the unreadable images dropped, and batches
+        left with none dropped too; ``on_draw`` is called for every batch drawn, dropped ones included."""
+        empty = 0
+        try:
+            for images, labels, bad in batches:
+                on_draw()
+                self(bad)
+                if labels is not None:
+                    empty = 0
+                    yield images, labels
+                    continue
+                empty += 1
+                if empty * batch_size >= 2 * size:  # two epochs' worth of positions: nothing is readable
+                    raise DataError(f"{data}: none of the {size} images could be read")
+        finally:
+            # Stop the loader's workers now, not whenever the garbage collector finds the iterator: they ignore
+            # SIGTERM (ignore_stop_signals), so multiprocessing's exit handler could not stop them and would
+            # wait for them forever.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+
+class Batches:
+    """Training micro-batches from the seeded stream, forever, starting after ``drawn`` micro-batches of this
+    rank; :attr:`drawn` counts on as batches are taken (with ``--on-bad-image skip`` a batch without a readable
+    image is drawn but not yielded, so the count, not the number of steps, says where the stream stands)."""
+
+    def __init__(self, dataset: ImageDataset, cfg: TrainConfig, bad_images: BadImages, drawn: int = 0,
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+        self.drawn = drawn
+        stream = SeededStream(len(dataset), cfg.seed, start=drawn * cfg.batch_size * world_size, rank=rank,
+                              world_size=world_size)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=stream, num_workers=cfg.workers,
+                            pin_memory=pin_memory, persistent_workers=cfg.workers > 0, collate_fn=collate_marked,
+                            worker_init_fn=ignore_stop_signals)
+        # iter() now, not at the first next(): creating the iterator draws from torch's RNG, which a resumed run
+        # restores only after this point, as the first run drew it.
+        self._it = bad_images.readable(iter(loader), len(dataset), cfg.batch_size, cfg.data, self._count)
+
+    def _count(self) -> None:
+        self.drawn += 1
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        return next(self._it)
+
+    def close(self) -> None:
+        """Stop the loader's workers (on success, error or signal alike)."""
+        self._it.close()
+
+
+def train_dataset(split: Split, cfg: TrainConfig, mean, std) -> ImageDataset:
+    return ImageDataset(split, train_transform(cfg.image_size, mean, std, cfg.crop_scale, cfg.randaugment),
+                        mark_bad=True)
+
+
+def eval_dataset(split: Split, image_size: int, crop_pct: float, mean, std) -> ImageDataset:
+    return ImageDataset(split, eval_transform(image_size, mean, std, crop_pct), mark_bad=True)
+
+
+def eval_batches(dataset: ImageDataset, batch_size: int, workers: int, bad_images: BadImages, data: str,
+                 pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """One pass over ``dataset`` in order, under the bad-image policy."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
+                        collate_fn=collate_marked)
+    return bad_images.readable(loader, len(dataset), batch_size, data)
+
+
+def stack_readable(dataset: ImageDataset, bad_images: BadImages) -> Tensor:
+    """Every readable image of a (small) dataset as one [B, 3, S, S] tensor, under the bad-image policy."""
+    items = [dataset[i] for i in range(len(dataset))]
+    bad_images([x for x in items if isinstance(x, BadImage)])
+    return torch.stack([x[0] for x in items if not isinstance(x, BadImage)])
+

@@ -1,0 +1,101 @@
+"""What a training run measures about its model: top-1 on a split, the drift of its [cls] logits from the
+starting weights, and, where the data has object masks, the Jaccard and attention mass of its [cls] attention.
+
+``gtaseg train`` logs the drift every metrics interval and writes all of it to final.json; ``gtaseg eval-acc``
+scores a saved model through the same :func:`split_accuracy`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gtaseg.attention import cls_logits
+from gtaseg.data.pipeline import BadImages, eval_batches, eval_dataset, stack_readable
+from gtaseg.data.split import Split
+from gtaseg.evaluation.accuracy import topk_accuracy
+from gtaseg.models import ModelInfo
+from gtaseg.regularizers import guidance_entries, guidance_l2
+
+# Test images on which the [cls]-logit drift from the initial weights is logged during training.
+PROBE_IMAGES = 16
+
+
+def split_accuracy(model: nn.Module, info: ModelInfo, split: Split, *, image_size: int, crop_pct: float,
+                   batch_size: int, workers: int, device: torch.device, bad_images: BadImages, data: str,
+                   desc: str = "accuracy") -> dict[str, float]:
+    """Top-1/top-5 (%) and the count of images scored on ``split``, with the run's eval transform; unreadable
+    images are handled by ``bad_images``. The model is left in eval mode."""
+    dataset = eval_dataset(split, image_size, crop_pct, info.mean, info.std)
+    batches = eval_batches(dataset, batch_size, workers, bad_images, data, pin_memory=device.type == "cuda")
+    model.eval()
+    return topk_accuracy(model, batches, device, desc=desc)
+
+
+class DriftProbe:
+    """A fixed batch of test images and the starting weights' [cls] logits on it: the drift Σ_{blocks,heads}
+    ‖A − A₀‖² (mean over the probe) is measured the same way for every method."""
+
+    def __init__(self, model: nn.Module, info: ModelInfo, test: Split, *, image_size: int, crop_pct: float,
+                 device: torch.device, bad_images: BadImages):
+        n = len(test)
+        picks = sorted({round(i * (n - 1) / max(PROBE_IMAGES - 1, 1)) for i in range(min(PROBE_IMAGES, n))})
+        data = eval_dataset(test.subset(picks), image_size, crop_pct, info.mean, info.std)
+        self.images = stack_readable(data, bad_images).to(device)
+        self.start = self._logits(model)
+        self.entries = guidance_entries(self.start)
+
+    @torch.inference_mode()
+    def _logits(self, model: nn.Module) -> Tensor:
+        was_training = model.training
+        model.eval()
+        logits = cls_logits(model, self.images)
+        model.train(was_training)
+        return logits
+
+    def drift(self, model: nn.Module) -> float:
+        return float(guidance_l2(self._logits(model), self.start))
+
+
+def attention_quality(model: nn.Module, info: ModelInfo, test: Split, *, data: str, image_size: int,
+                      crop_pct: float, batch_size: int, workers: int, device: torch.device, probe: DriftProbe,
+                      bad_images: BadImages) -> dict[str, float | None]:
+    """Drift (summed and per entry); on the test masks, when there are any, the Jaccard of the last block's [cls]
+    attention at the training resolution (recorded as jaccard_image_size); for synthetic data, the attention
+    mass on the object and, for a localised cue, on the cue."""
+    from gtaseg.data.finegrained import DATASETS
+    from gtaseg.evaluation.runner import Settings, evaluate as evaluate_masks
+    from gtaseg.evaluation.split_masks import mask_samples
+
+    drift = probe.drift(model)
+    out = {"drift": drift, "drift_per_entry": drift / probe.entries, "jaccard_best": None, "jaccard_merged": None,
+           "jaccard_image_size": None}
+    samples = mask_samples(test, data if data in DATASETS else None)
+    samples = [s for s in samples if str(s.image) not in bad_images.skipped]
+    if samples:
+        result = evaluate_masks(model, info, samples, Settings(image_size=image_size), batch_size=batch_size,
+                                workers=workers, device=str(device), progress=False)
+        out.update(jaccard_best=result.jaccard_best, jaccard_merged=result.jaccard_merged,
+                   jaccard_image_size=image_size)
+    if data == "synthetic":
+        out.update(synthetic_masses(model, info, test, image_size=image_size, crop_pct=crop_pct,
+                                    batch_size=batch_size, device=device))
+    return out
+
+
+def synthetic_masses(model: nn.Module, info: ModelInfo, test: Split, *, image_size: int, crop_pct: float,
+                     batch_size: int, device: torch.device) -> dict[str, float]:
+    """Mean attention mass (%) on the object, and on the cue where the data has a localised one, over ``test``."""
+    from gtaseg.data.synthetic import cue_mask_paths
+    from gtaseg.evaluation.mass import attention_mass
+
+    data = eval_dataset(test, image_size, crop_pct, info.mean, info.std)
+    images = torch.stack([data[i][0] for i in range(len(data))]).to(device)
+    was_training = model.training
+    model.eval()
+    out = {}
+    for key, masks in {"mass_object": test.masks, "mass_cue": cue_mask_paths(test)}.items():
+        if masks:
+            values = attention_mass(model, images, masks, info.patch_size, batch_size)
+            out[key] = 100.0 * sum(values) / len(values)
+    model.train(was_training)
+    return out

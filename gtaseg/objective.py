@@ -1,0 +1,215 @@
+"""The training objective: L = CE + λ · (the method's term), for one micro-batch.
+
+For GTA the term is Σ_{blocks,heads}‖A_cls\\1 − Ã_cls\\1‖² between the pre-softmax [cls]-query logits of the
+trainable target and of the frozen source (gtaseg.attention captures them during each model's own forward).
+An :class:`Objective` is built from modules, with no files on disk::
+
+    objective = Objective(model, METHODS["gta"], source=copy.deepcopy(model).eval(), lam=1.0)
+    loss, terms = objective.loss(images, labels)
+
+Shapes: B batch, L guided blocks, H heads, N patch tokens, C width.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, nullcontext
+from typing import ContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gtaseg.attention import Captured, capture, resolve_blocks
+from gtaseg.distill import DISTILL_TERMS
+from gtaseg.errors import GtasegError
+from gtaseg.methods import Method
+from gtaseg.models import ModelInfo
+from gtaseg.regularizers import batch_spectral_shrinkage, guidance_l2, l2_sp
+from gtaseg.transmix import TransMix
+
+
+class TargetForward(nn.Module):
+    """The target's forward as one module returning (pre-logits features, logits), so that DDP and
+    torch.compile wrap all of it; the capture hooks sit on the inner model's blocks either way."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        return features, self.model.head(features)
+
+
+def check_source(target: nn.Module, target_info: ModelInfo, source: nn.Module, source_info: ModelInfo) -> None:
+    """A source whose token grid or attention layout differs from the target's cannot be compared entry by
+    entry: say which setting differs, in one line, before the first step rather than as a shape error in it."""
+    pairs = {"patch size": (target_info.patch_size, source_info.patch_size),
+             "depth": (len(target.blocks), len(source.blocks)),
+             "width": (target.embed_dim, source.embed_dim),
+             "heads": (target.blocks[0].attn.num_heads, source.blocks[0].attn.num_heads),
+             "prefix tokens ([cls] + registers)": (target_info.num_prefix_tokens, source_info.num_prefix_tokens)}
+    for what, (ours, theirs) in pairs.items():
+        if ours != theirs:
+            raise GtasegError(f"--source {source_info.arch} does not fit --init {target_info.arch}: {what} "
+                              f"{theirs} vs {ours}; guidance compares the two entry by entry, so choose a source "
+                              f"of the target's architecture")
+
+
+def renormalizer(target_info: ModelInfo, source_info: ModelInfo) -> Callable[[Tensor], Tensor] | None:
+    """Images normalised for the target, re-normalised for a source trained with another mean/std (None when
+    both agree): each model sees the pixels as it was trained to."""
+    if tuple(target_info.mean) == tuple(source_info.mean) and tuple(target_info.std) == tuple(source_info.std):
+        return None
+    mt, st, ms, ss = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in
+                      (target_info.mean, target_info.std, source_info.mean, source_info.std))
+
+    def renormalize(images: Tensor) -> Tensor:
+        t = [x.to(images.device, images.dtype) for x in (mt, st, ms, ss)]
+        return (images * t[1] + t[0] - t[2]) / t[3]
+
+    return renormalize
+
+
+class Objective:
+    """Cross-entropy of the target plus λ · the method's term against a frozen source or starting point.
+
+    ``target``: the model being trained (the bare model: the optimizer, saving and evaluation use it).
+    ``source``: the frozen model guidance pulls towards (methods with ``needs_source``).
+    ``renormalize``: maps the target's input to the source's normalisation (:func:`renormalizer`).
+    ``autocast``: the dtype both forwards run in under ``torch.autocast`` (None: full precision); the guided
+    [cls] logits are computed in fp32 either way (gtaseg.attention).
+    """
+
+    def __init__(self, target: nn.Module, method: Method, *, source: nn.Module | None = None, lam: float = 0.0,
+                 reduction: str = "mean", blocks: Sequence[int] | None = None, transmix: TransMix | None = None,
+                 patch_size: int | None = None, renormalize: Callable[[Tensor], Tensor] | None = None,
+                 autocast: torch.dtype | None = None):
+        if method.needs_source and source is None:
+            raise ValueError(f"method {method.name} needs a source model")
+        self.target, self.method, self.source = target, method, source
+        self.lam, self.reduction, self.transmix = lam, reduction, transmix
+        self.guided = resolve_blocks(target, blocks)
+        self.last_block = len(target.blocks) - 1
+        self.patch_size = patch_size or target.patch_embed.patch_size[0]
+        self.renormalize, self.autocast = renormalize, autocast
+        # L2-SP's starting point: the backbone as it is now (the new head has none).
+        self.reference = ({n: p.detach().clone() for n, p in target.named_parameters()
+                           if p.requires_grad and not n.startswith("head.")} if method.name == "l2sp" else None)
+        # What runs the target's forward: DDP-wrapped by distribute(), compiled by compile().
+        self.forward: nn.Module = TargetForward(target)
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+        self.source_features = None if source is None else source.forward_features
+        self._kept: dict[str, Captured] | None = None
+
+    # --------------------------------------------------------------------------------- distributed, compile
+
+    def distribute(self, device: torch.device) -> None:
+        """Average the target's gradients across torchrun's ranks; every rank runs its own frozen source."""
+        self.forward = self.ddp = nn.parallel.DistributedDataParallel(
+            self.forward, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def no_sync(self) -> ContextManager:
+        """Skip the gradient all-reduce of this backward (every micro-batch but an optimizer step's last)."""
+        return self.ddp.no_sync() if self.ddp is not None else nullcontext()
+
+    def compile(self) -> None:
+        """torch.compile both forwards. By default Dynamo does not guard on module hooks, so a graph traced without
+        them (another objective's, say) would be reused and the hooks never run: make it guard on them. And so
+        that the guards never fail step after step (a recompile each time), the capture hooks are registered
+        once, before tracing, and stay on; each micro-batch clears what they recorded (see _recording)."""
+        from torch._dynamo import config as dynamo_config
+
+        dynamo_config.skip_nnmodule_hook_guards = False
+        self._hooks = ExitStack()
+        self._kept = {"target": self._hooks.enter_context(self._capture(self.target, self.transmix is not None))}
+        if self.source is not None:
+            self._kept["source"] = self._hooks.enter_context(self._capture(self.source))
+            self.source_features = torch.compile(self.source.forward_features)
+        self.forward = torch.compile(self.forward)
+
+    # ------------------------------------------------------------------------------------------- the loss
+
+    def loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy plus λ·(the method's term) for one micro-batch; each model runs forward once.
+        Returns the loss and its detached terms ``{"ce", "reg"}``."""
+        mixed = self.transmix.mix(images, labels) if self.transmix else None
+        if mixed is not None:
+            images = mixed.images
+        src = None
+        with nullcontext() if self.autocast is None else torch.autocast(images.device.type, self.autocast):
+            if self.source is not None:
+                # Inference mode: no autograd bookkeeping at all for the frozen source (its recorded tensors
+                # are only ever subtracted from the target's, which saves nothing of them for backward). It
+                # runs first, so its transient activations are gone before the target's saved ones pile up:
+                # GTA's peak memory is the baseline's plus the source's weights.
+                with torch.inference_mode(), self._recording("source") as src:
+                    self.source_features(self.renormalize(images) if self.renormalize else images)
+            with self._recording("target", mixed is not None) as cap:
+                features, logits = self.forward(images)
+        if mixed is not None:
+            grid = tuple(s // self.patch_size for s in images.shape[-2:])
+            targets = self.transmix.soft_targets(mixed, cap.cls_attention(self.last_block), grid)
+            ce = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        else:
+            ce = F.cross_entropy(logits.float(), labels)
+        reg = self.term(cap, src, features)
+        return ce + self.lam * reg, {"ce": ce.detach(), "reg": reg.detach()}
+
+    def term(self, cap: Captured, src: Captured | None, features: Tensor) -> Tensor:
+        """The method's extra term from what the target's (``cap``) and source's (``src``) forwards recorded."""
+        guide, name = self.method.guide, self.method.name
+        if guide in DISTILL_TERMS:  # attention transfer: cross-entropy between attention maps
+            return DISTILL_TERMS[guide](cap, src, self.guided)
+        if guide == "logits":  # GTA
+            return guidance_l2(cap.cls_logits(self.guided), src.cls_logits(self.guided), self.reduction)
+        if guide in ("block", "msa"):
+            kind = "block_out" if guide == "block" else "msa_out"
+            return guidance_l2([getattr(cap, kind)[b] for b in self.guided], [getattr(src, kind)[b] for b in self.guided],
+                               self.reduction)
+        if name == "l2sp":
+            return l2_sp(self.target, self.reference)
+        if name == "bss":
+            return batch_spectral_shrinkage(features)
+        return torch.zeros((), device=features.device)
+
+    def term_entries(self, image_size: int) -> int | None:
+        """Entries the guidance term sums per image at ``image_size`` (None: the method has none): L·H·N for GTA's
+        [cls] logits, Σ_blocks T·C for block or MSA outputs. ``reduction="mean"`` divides the sum by this."""
+        n = (image_size // self.patch_size) ** 2
+        if self.method.guide == "logits":
+            return len(self.guided) * self.target.blocks[0].attn.num_heads * n
+        if self.method.guide in ("block", "msa"):
+            return len(self.guided) * (n + self.target.num_prefix_tokens) * self.target.embed_dim
+        return None
+
+    def lam_conversion(self, image_size: int) -> dict | None:
+        """What λ means in the other reduction (written beside the config as config.json's lam_conversion)."""
+        entries = self.term_entries(image_size)
+        if entries is None:
+            return None
+        mean = self.reduction == "mean"
+        return {"entries": entries, "formula": "lam_sum = lam_mean / entries",
+                "lam_mean": self.lam if mean else self.lam * entries,
+                "lam_sum": self.lam / entries if mean else self.lam}
+
+    # ------------------------------------------------------------------------------------------ capture
+
+    def _capture(self, model: nn.Module, last_block_logits: bool = False) -> ContextManager[Captured]:
+        """A capture of what the method guides in ``model`` (and the last block's [cls] logits for TransMix)."""
+        guide = self.method.guide
+        logit_blocks = set(self.guided if guide in ("logits", "cls-probs") else [])
+        logit_blocks |= {self.last_block} if last_block_logits else set()
+        return capture(model, sorted(logit_blocks), block_outputs=self.guided if guide == "block" else (),
+                       msa_outputs=self.guided if guide == "msa" else (),
+                       queries_keys=self.guided if guide == "maps" else ())
+
+    def _recording(self, which: str, last_block_logits: bool = False) -> ContextManager[Captured]:
+        """The capture for one forward of the target or the source: fresh hooks, or under compile() the
+        permanent ones with their records cleared."""
+        if self._kept is not None:
+            kept = self._kept[which]
+            for records in (kept.row_logits, kept.block_out, kept.msa_out, kept.queries_keys):
+                records.clear()
+            return nullcontext(kept)
+        return self._capture(self.target if which == "target" else self.source, last_block_logits)
