@@ -26,9 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from gtaseg.config import train_argv
 from gtaseg.errors import GtasegError
 from gtaseg.io import write_json
-from gtaseg.sweep import Job, is_finished, is_locked, job_lock, prepare_run_dir, train_argv
+from gtaseg.rundir import RunDir
+from gtaseg.sweep.jobs import Job
+from gtaseg.sweep.locks import is_locked, job_lock
+from gtaseg.sweep.state import is_finished, prepare_run_dir
 
 SUBMITIT_DIR = ".submitit"
 RECORD = "jobs.json"
@@ -90,7 +94,7 @@ class TrainJob:
     resume: bool = False
 
     def __call__(self) -> dict:
-        from gtaseg.sweep import _default_train
+        from gtaseg.sweep import _default_train  # looked up when the task runs: tests replace it there
 
         job = Job(self.name, self.config, {})
         out = job.dir(self.runs_dir)
@@ -98,11 +102,11 @@ class TrainJob:
             if not mine:
                 raise GtasegError(f"{self.name}: running in another process")
             if is_finished(out):
-                return json.loads((out / "final.json").read_text())
+                return RunDir(out).final()
             again = prepare_run_dir(job, out, self.resume) == "resuming"
             if self.gpus > 1:
                 subprocess.run(torchrun_command(job, self.runs_dir, self.gpus, resume=again), check=True)
-                return json.loads((out / "final.json").read_text())
+                return RunDir(out).final()
             return _default_train(dict(self.config), out, resume=again)
 
     def checkpoint(self, *args, **kwargs):

@@ -57,7 +57,11 @@ def sweep(config, runs_dir, print_only, keep_going, resume, executor, cluster, p
     ``gtaseg sweep configs/table2.yaml --executor submitit --partition gpu --gpus-per-job 1 --time 240``.
     """
     from gtaseg.stopping import Interrupted
-    from gtaseg.sweep import expand, load_config, pending_lines, run_sweep, write_sweep_record
+    from gtaseg.sweep.commands import pending_lines
+    from gtaseg.sweep.config import load_config
+    from gtaseg.sweep.jobs import expand
+    from gtaseg.sweep.runner import run_sweep
+    from gtaseg.sweep.state import write_sweep_record
 
     cluster_only = [p.opts[0] for p in click.get_current_context().command.params
                     if p.name in _CLUSTER_OPTIONS and click.get_current_context().get_parameter_source(p.name)
@@ -114,7 +118,8 @@ def _cluster_options(cluster, partition, gpus_per_job, cpus_per_gpu, mem_gb_per_
 def _submit(cfg, jobs, runs_dir: Path, resume: bool, options) -> None:
     """--executor submitit: submit the unfinished jobs; on this machine's executors, wait for them."""
     from gtaseg.submit import describe, submit, wait
-    from gtaseg.sweep import slug, write_sweep_record
+    from gtaseg.sweep.naming import slug
+    from gtaseg.sweep.state import write_sweep_record
 
     write_sweep_record(cfg, runs_dir)
     result = submit(jobs, runs_dir, options, name=f"gtaseg-{slug(cfg.name)}", resume=resume)

@@ -1,0 +1,100 @@
+"""Reading a runs dir: every finished run's config and result, and the labels its sweeps recorded."""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from gtaseg.config import ADDED_OPTIONS
+from gtaseg.errors import GtasegError
+from gtaseg.rundir import CONFIG, RunDir
+from gtaseg.sweep.naming import path_name
+from gtaseg.sweep.state import SWEEP_RECORD
+
+
+@dataclass
+class Run:
+    name: str  # the run folder, relative to the runs dir, with '/' separators
+    config: dict  # config.json as written
+    final: dict  # final.json, with "train_ce" from metrics.jsonl where final.json lacks it
+
+    @property
+    def method(self) -> str:
+        return self.config.get("method", self.final.get("method"))
+
+    @property
+    def lam(self) -> float:
+        return float(self.final.get("lam", self.config.get("lam") or 0.0))
+
+    @property
+    def dataset(self) -> str:
+        return path_name(str(self.config.get("data", self.final.get("data", "?"))))
+
+    @property
+    def rate(self) -> float:
+        return float(self.config.get("sampling_rate", self.final.get("sampling_rate", 1.0)))
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", self.final.get("seed", 0)))
+
+    @property
+    def transmix(self) -> bool:
+        return bool(self.config.get("transmix", self.final.get("transmix", False)))
+
+    @property
+    def source(self) -> str:
+        return str(self.config.get("source") or self.config.get("init") or "?")
+
+    @property
+    def lr(self) -> float | None:
+        lr = self.config.get("lr")
+        return None if lr is None else float(lr)
+
+    @property
+    def lam_reduction(self) -> str:
+        return self.config.get("lam_reduction", ADDED_OPTIONS["lam_reduction"])
+
+
+@dataclass
+class Collected:
+    runs: list[Run]
+    unfinished: list[str]
+    unreadable: list[str]
+    labels: dict[str, dict[str, str]]
+
+
+def collect(runs_dir: str | os.PathLike) -> Collected:
+    """The run folders under ``runs_dir`` (any depth; folders starting with a dot, like .locks, skipped):
+    finished ones as :class:`Run`, unfinished (no final.json) and unreadable ones by name."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise GtasegError(f"{root}: no such folder")
+    runs, unfinished, unreadable = [], [], []
+    for config_path in sorted(root.rglob(CONFIG)):
+        run_dir = RunDir(config_path.parent)
+        rel = run_dir.path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if not run_dir.is_finished():
+            unfinished.append(rel.as_posix())
+            continue
+        try:
+            config = run_dir.raw_config()
+            final = run_dir.final()
+            float(final["top1"])
+        except (OSError, ValueError, KeyError, TypeError, GtasegError):
+            unreadable.append(rel.as_posix())
+            continue
+        final.setdefault("train_ce", run_dir.last_logged("ce"))
+        runs.append(Run(rel.as_posix(), config, final))
+    labels: dict[str, dict[str, str]] = defaultdict(dict)
+    for record in sorted(root.rglob(SWEEP_RECORD.format(name="*"))):
+        try:
+            for key, mapping in (json.loads(record.read_text()).get("labels") or {}).items():
+                labels[key].update({str(a): str(b) for a, b in mapping.items()})
+        except (OSError, ValueError, AttributeError):
+            continue
+    return Collected(runs, unfinished, unreadable, dict(labels))
