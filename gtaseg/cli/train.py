@@ -14,19 +14,29 @@ from click.core import ParameterSource
 from gtaseg.config import FIELDS, PRESETS, RESUME_OPTIONS, TrainConfig, default, flag_of, parse_blocks, parse_pairs
 
 
+def _param_name(name: str) -> str:
+    """The click parameter of a field: what the flag says (``--no-randaugment`` → no_randaugment, repeated
+    ``--synthetic KEY=VALUE`` → synthetic_opts), else the field's name."""
+    kind = FIELDS[name].metadata["kind"]
+    return "no_" + name if kind == "negated" else name + "_opts" if kind == "pairs" else name
+
+
+PARAMS = {_param_name(name): name for name, f in FIELDS.items() if f.metadata["cli"]}
+
+
 def _click_option(name: str) -> Callable:
     """The click option of one TrainConfig field, from its metadata."""
     meta = FIELDS[name].metadata
-    kind, help_text = meta["kind"], meta["help"]
+    kind, help_text, param = meta["kind"], meta["help"], _param_name(name)
     if meta["preset"]:
         help_text += f" [default: {PRESETS['paper'][name]}; {PRESETS['synthetic'][name]} with --data synthetic]"
     flags = meta["flags"] or (flag_of(name),)
     if kind in ("flag", "negated"):
-        return click.option(*flags, name, is_flag=True, help=help_text)
+        return click.option(*flags, param, is_flag=True, help=help_text)
     if kind == "pairs":
-        return click.option(*flags, name, multiple=True, metavar="KEY=VALUE", help=help_text)
+        return click.option(*flags, param, multiple=True, metavar="KEY=VALUE", help=help_text)
     if kind == "blocks":
-        return click.option(*flags, name, default="all", help=help_text)
+        return click.option(*flags, param, default="all", help=help_text)
     annotation = str(FIELDS[name].type)
     value_type: Any = int if annotation.startswith("int") else float if annotation.startswith("float") else str
     if meta["choices"]:
@@ -36,12 +46,12 @@ def _click_option(name: str) -> Callable:
     elif meta["minimum"] is not None:
         ranged = click.IntRange if value_type is int else click.FloatRange
         value_type = ranged(meta["minimum"], meta["maximum"], min_open=meta["min_open"])
-    return click.option(*flags, name, type=value_type, default=default(name), help=help_text)
+    return click.option(*flags, param, type=value_type, default=default(name), help=help_text)
 
 
 def train_options(func: Callable) -> Callable:
     """Every command-line TrainConfig field as a click option, in the dataclass's order."""
-    for name in reversed([n for n, f in FIELDS.items() if f.metadata["cli"]]):
+    for name in reversed(list(PARAMS.values())):
         func = _click_option(name)(func)
     return func
 
@@ -49,7 +59,8 @@ def train_options(func: Callable) -> Callable:
 def config_from_options(options: dict[str, Any]) -> TrainConfig:
     """The TrainConfig the parsed options describe (flags turned back into field values)."""
     values = {}
-    for name, value in options.items():
+    for param, value in options.items():
+        name = PARAMS[param]
         kind = FIELDS[name].metadata["kind"]
         try:
             values[name] = (not value if kind == "negated" else parse_pairs(value) if kind == "pairs"
