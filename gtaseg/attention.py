@@ -14,7 +14,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
+
+from gtaseg.errors import ModelError
+
+# Attention classes whose layout the hooks below rely on, checked against timm's own unfused forward
+# (tests/test_attention.py): one fused qkv Linear stacking q, k, v of ``num_heads`` heads of ``head_dim``,
+# q/k norms per head, and logits q·kᵀ·``scale``. Others can pass a duck-type check and still compute their
+# logits differently (timm's DiffAttention: two softmaxes over half-heads), so only these are read.
+# vision_transformer's name is the one every timm release since 1.0.9 has: there it defined the class,
+# newer releases re-export timm.layers.Attention under it (the same class).
+VERIFIED_ATTENTION: tuple[type[nn.Module], ...] = (Attention,)
 
 
 @dataclass
@@ -52,6 +63,17 @@ def resolve_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[int]:
     return sorted(set(out))
 
 
+def check_layout(model: nn.Module, blocks: Sequence[int]) -> None:
+    """Refuse, in one line, a block of ``blocks`` whose attention is not a :data:`VERIFIED_ATTENTION` class."""
+    for i in blocks:
+        # A block without ``attn`` (timm's ParallelScalingBlock fuses it with the MLP) is named itself.
+        layer = getattr(model.blocks[i], "attn", model.blocks[i])
+        if type(layer) not in VERIFIED_ATTENTION:  # exact type: a subclass may override the forward
+            supported = ", ".join(c.__name__ for c in VERIFIED_ATTENTION)
+            raise ModelError(f"block {i}: {type(layer).__name__} is not an attention layout gtaseg has verified "
+                             f"(supported: {supported}); its [cls] logits cannot be read")
+
+
 def _cls_row_logits(attn: nn.Module, qkv: Tensor) -> Tensor:
     """[B, H, T] fp32 logits of the [cls] query (token 0) against all keys, from the qkv projection output.
 
@@ -85,10 +107,7 @@ def capture(model: nn.Module, logits: Sequence[int] | None = None, *, block_outp
     gradients flow through everything recorded."""
     logit_blocks = resolve_blocks(model, logits)
     qk_blocks = resolve_blocks(model, queries_keys)
-    for i in sorted(set(logit_blocks) | set(qk_blocks)):
-        attn = model.blocks[i].attn
-        if not (hasattr(attn, "qkv") and hasattr(attn, "num_heads")):
-            raise TypeError(f"block {i}: {type(attn).__name__} has no fused qkv projection to read [cls] logits from")
+    check_layout(model, sorted(set(logit_blocks) | set(qk_blocks)))
     out = Captured(num_prefix_tokens=model.num_prefix_tokens)
     handles = []
     for i in logit_blocks:

@@ -9,6 +9,10 @@ class CheckpointError(GtasegError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+class ModelError(GtasegError):
+    """A model whose layers gtaseg cannot read the [cls] attention of."""
+
+
 class DataError(GtasegError):
     """A dataset file or folder that is missing or malformed."""
 

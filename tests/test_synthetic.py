@@ -14,7 +14,7 @@ from skimage.morphology import disk
 
 from gtaseg.data import Split
 from gtaseg.data import synthetic
-from gtaseg.data.synthetic import SyntheticConfig, default_cache_root, generate, synthetic_split
+from gtaseg.data.synthetic import SyntheticConfig, default_cache_root, generate, synthetic_root, synthetic_split
 from gtaseg.errors import DataError, GtasegError
 
 TINY = SyntheticConfig(num_classes=3, train_per_class=3, test_per_class=2, image_size=64)
@@ -89,6 +89,16 @@ def test_second_call_reuses_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "_write_split", fail)
     assert generate(TINY, tmp_path) == root
     assert digests(root) == before
+
+
+def test_synthetic_root_is_the_generated_dataset_of_the_options(tmp_path, monkeypatch):
+    monkeypatch.setenv("GTASEG_CACHE", str(tmp_path))
+    options = {"num_classes": 3, "train_per_class": 3, "test_per_class": 2, "image_size": 64}
+    assert synthetic_root("synthetic", options) == default_cache_root() / TINY.key
+    assert (default_cache_root() / TINY.key / "manifest.json").is_file()
+    assert synthetic_root("pet", options) is None
+    with pytest.raises(GtasegError, match="unknown synthetic option"):
+        synthetic_root("synthetic", {"part_size": 2})
 
 
 def test_dataset_without_manifest_is_regenerated(tmp_path):

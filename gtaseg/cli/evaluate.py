@@ -5,16 +5,17 @@ and prints. eval/PROTOCOL.md documents the protocol.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from gtaseg.cli.protocol_options import PRESET_HELP, load_checked, protocol_from, protocol_options
+from gtaseg.config import parse_pairs
+from gtaseg.data.split import Split
 from gtaseg.errors import GtasegError
+from gtaseg.evaluation.gate import Gate, merge_options_file
 from gtaseg.evaluation.inputs import SegSample
 from gtaseg.evaluation.protocols import JACCARD_PRESETS, Protocol, describe, short_name
 from gtaseg.evaluation.runner import EvalResult, evaluate
@@ -131,35 +132,18 @@ def eval_coco(ckpt: str, annotations: str, images: str, out: str | None, coco_rl
                    out, coco_rle, per_block)
 
 
-# Keys of an eval/gate.json: the options of check-attention, plus a free-text note.
-_NOTE_KEY = "note"
-
-
 def _apply_config(ctx: click.Context, opts: dict[str, Any], path: str) -> dict[str, Any]:
-    """Fill the options not given on the command line from the JSON file at ``path``; a relative
-    ``voc_root`` is relative to the file, so a config can point at data beside the repository."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise GtasegError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as e:
-        raise GtasegError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise GtasegError(f"{path}: expected a JSON object of option names")
-    unknown = sorted(set(config) - set(opts) - {_NOTE_KEY})
-    if unknown:
-        raise GtasegError(f"{path}: unknown keys {', '.join(unknown)} (use {', '.join(sorted(opts))})")
-    merged = dict(opts)
+    """``opts`` with the options not given on the command line taken from the --config file at ``path``."""
     params = {p.name: p for p in ctx.command.params}
-    for key, value in config.items():
-        if key == _NOTE_KEY or ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
-            continue
+
+    def cast(key: str, value: Any) -> Any:
         try:
-            value = params[key].type_cast_value(ctx, value)
+            return params[key].type_cast_value(ctx, value)
         except click.BadParameter as e:
-            raise GtasegError(f"{path}: {key}: {e.message}") from None
-        merged[key] = str(Path(path).parent / value) if key == "voc_root" else value
-    return merged
+            raise ValueError(e.message) from None
+
+    given = {key for key in opts if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE}
+    return merge_options_file(path, opts, given, cast)
 
 
 GATE_HELP = """
@@ -168,10 +152,6 @@ was fine-tuned from), scored in the same run on the same images and protocol, --
 R × the reference's Jaccard and --max-drop D below the reference's minus D points. Give any of the three;
 all given must hold.
 """ + PROTOCOL_HELP
-
-
-def _variant_value(result: EvalResult, variant: str) -> float | None:
-    return result.jaccard_best if variant == "best" else result.jaccard_merged
 
 
 @click.command("check-attention", epilog=GATE_HELP)
@@ -200,32 +180,23 @@ def check_attention(ctx: click.Context, config: str | None, out: str | None, **o
     for key in ("ckpt", "voc_root"):
         if opts[key] is None:
             raise GtasegError(f"--{key.replace('_', '-')} is required (or '{key}' in --config)")
-    relative = opts["min_ratio"] is not None or opts["max_drop"] is not None
-    if relative and opts["reference"] is None:
+    gate = Gate(opts["min_jaccard"], opts["min_ratio"], opts["max_drop"])
+    if gate.relative and opts["reference"] is None:
         raise GtasegError("--min-ratio and --max-drop need --reference (or 'reference' in --config)")
-    if opts["min_jaccard"] is None and not relative:
+    if gate.min_jaccard is None and not gate.relative:
         raise GtasegError("--min-jaccard is required (or 'min_jaccard' in --config), or --reference with "
                           "--min-ratio or --max-drop")
     protocol = protocol_from({**opts, "heads": opts["variant"]})
     samples = voc_samples(opts["voc_root"], opts["split"], opts["limit"], protocol.masks)
     variant = opts["variant"]
     result, _ = _evaluate(opts["ckpt"], samples, protocol, opts)
-    value = _variant_value(result, variant)
+    value = result.jaccard_of(variant)
     if value is None:
         raise GtasegError(f"{opts['voc_root']}: none of the {len(samples)} images has an object class")
-    checks: list[tuple[str, bool]] = []
-    if opts["min_jaccard"] is not None:
-        checks.append((f"min {opts['min_jaccard']:.2f}", value >= opts["min_jaccard"]))
     reference = None
     if opts["reference"] is not None:
-        ref_result, _ = _evaluate(opts["reference"], samples, protocol, opts)
-        reference = _variant_value(ref_result, variant)
-        if opts["min_ratio"] is not None:
-            checks.append((f"ratio {value / reference:.3f} vs min {opts['min_ratio']:g} of reference "
-                           f"{reference:.2f}", value >= opts["min_ratio"] * reference))
-        if opts["max_drop"] is not None:
-            checks.append((f"drop {reference - value:.2f} vs max {opts['max_drop']:g} from reference "
-                           f"{reference:.2f}", value >= reference - opts["max_drop"]))
+        reference = _evaluate(opts["reference"], samples, protocol, opts)[0].jaccard_of(variant)
+    checks = gate.checks(value, reference)
     passed = all(ok for _, ok in checks)
     line = (f"{variant} Jaccard {value:.2f} vs {'; '.join(text for text, _ in checks)} ({opts['ckpt']}, "
             f"{len(samples)} images at {protocol.image_size} px, protocol {short_name(protocol)}, "
@@ -279,17 +250,16 @@ def visualize(ckpts: tuple[str, ...], labels: tuple[str, ...], images: tuple[str
     click.echo(f"{len(paths)}x{len(columns)} grid written to {out}")
 
 
-def _load_split(data: str, data_root: str | None, split: str, synthetic_opts: tuple[str, ...]):
-    """A classification split by --data name (``synthetic`` generated from --synthetic options)."""
-    from gtaseg.config import parse_pairs
+def _load_split(data: str, data_root: str | None, split: str, synthetic_opts: tuple[str, ...]) -> Split:
+    """The ``split`` split of --data (``synthetic``: generated from the --synthetic options)."""
     from gtaseg.data.dataset import load_split
+    from gtaseg.data.synthetic import synthetic_root
 
-    synthetic_root = None
-    if data == "synthetic":
-        from gtaseg.data.synthetic import SyntheticConfig, generate
-
-        synthetic_root = generate(SyntheticConfig.from_options(parse_pairs(synthetic_opts)))
-    return load_split(data, split, data_root, synthetic_root)
+    try:
+        synthetic_options = parse_pairs(synthetic_opts)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return load_split(data, split, data_root, synthetic_root(data, synthetic_options))
 
 
 @click.command("eval-masks", epilog=PROTOCOL_HELP)
@@ -307,15 +277,9 @@ def eval_masks(ckpt: str, data: str, data_root: str | None, split: str, syntheti
                out: str | None, coco_rle: str | None, per_block: str | None, **opts: Any) -> None:
     """Jaccard of a ViT's [cls] attention masks against a classification dataset's own object masks:
     attention quality on the target data itself (same protocol as eval-voc)."""
-    from gtaseg.data.finegrained import DATASETS
-    from gtaseg.errors import DataError
-    from gtaseg.evaluation.split_masks import mask_samples
+    from gtaseg.evaluation.split_masks import dataset_mask_samples
 
-    samples = mask_samples(_load_split(data, data_root, split, synthetic_opts), data if data in DATASETS else None)
-    if not samples:
-        raise DataError(f"{data} ({split}): no object masks found (Pet: annotations/trimaps/, CUB: segmentations/, "
-                        f"ImageFolder: masks/{split}/<class>/)")
-    samples = samples[: opts["limit"]] if opts["limit"] else samples
+    samples = dataset_mask_samples(data, split, _load_split(data, data_root, split, synthetic_opts), opts["limit"])
     result, model = _evaluate(ckpt, samples, protocol_from(opts), opts, export_masks=bool(coco_rle),
                               per_block=bool(per_block))
     _print_report(result, model, f"{data} ({split})")

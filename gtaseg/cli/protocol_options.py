@@ -115,9 +115,11 @@ def protocol_from(opts: dict[str, Any]) -> Protocol:
 
 def load_checked(ckpt: str, protocol: Protocol, arch: str | None):
     """Load ``ckpt`` and check the protocol fits it (block, image size, box head), in one-line errors."""
+    from gtaseg.attention import check_layout
     from gtaseg.models import load_model
 
     model, info = load_model(ckpt, arch=arch)
+    check_layout(model, range(len(model.blocks)))  # before any data is read, and before .attn is looked up
     depth, heads = len(model.blocks), model.blocks[0].attn.num_heads
     if not -depth <= protocol.block < depth:
         raise GtasegError(f"--block {protocol.block}: {info.arch} has blocks 0..{depth - 1} (or -1..-{depth})")

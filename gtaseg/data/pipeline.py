@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -21,26 +20,16 @@ from gtaseg.data.dataset import BadImage, ImageDataset, check_classes, collate_m
 from gtaseg.data.sampler import SeededStream
 from gtaseg.data.sampling import stratified_subset
 from gtaseg.data.split import Split
+from gtaseg.data.synthetic import SyntheticConfig, synthetic_root
 from gtaseg.data.transforms import eval_transform, train_transform
 from gtaseg.errors import DataError
 from gtaseg.stopping import ignore_stop_signals
-
-
-def synthetic_root(data: str, options: dict) -> Path | None:
-    """The generated (cached) synthetic dataset that ``options`` describe; None for other data."""
-    if data != "synthetic":
-        return None
-    from gtaseg.data.synthetic import SyntheticConfig, generate
-
-    return generate(SyntheticConfig.from_options(options))
 
 
 def has_validation(data: str, options: dict) -> bool:
     """Whether the data has a validation split to choose hyperparameters on (the synthetic data, when asked)."""
     if data != "synthetic":
         return False
-    from gtaseg.data.synthetic import SyntheticConfig
-
     return SyntheticConfig.from_options(options).val_per_class > 0
 
 

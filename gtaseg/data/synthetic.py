@@ -186,6 +186,14 @@ def generate(cfg: SyntheticConfig, root: str | os.PathLike | None = None) -> Pat
     return final
 
 
+def synthetic_root(data: str, synthetic_options: dict) -> Path | None:
+    """The dataset directory ``--data synthetic`` with these ``--synthetic`` options reads (generated on first
+    use, see :func:`generate`); None for any other ``data``."""
+    if data != "synthetic":
+        return None
+    return generate(SyntheticConfig.from_options(synthetic_options))
+
+
 def synthetic_split(root: str | os.PathLike, split: str) -> Split:
     """The ``split`` ("train", "test" or, when generated, "val") of the dataset that :func:`generate` returned,
     with its object masks."""

@@ -61,7 +61,9 @@ class EvalResult:
     records: list[dict] = field(default_factory=list)  # COCO RLE records, when asked for
     blocks: BlockReport | None = None
 
-    def _jaccard(self, variant: str) -> float | None:
+    def jaccard_of(self, variant: str) -> float | None:
+        """The Jaccard (percent) of ``variant``, ``best`` or ``merged``; None when the protocol did not run it
+        or no image has an object class."""
         p = self.settings
         if not (p.best if variant == "best" else p.merged):
             return None
@@ -77,11 +79,11 @@ class EvalResult:
 
     @property
     def jaccard_best(self) -> float | None:
-        return self._jaccard("best")
+        return self.jaccard_of("best")
 
     @property
     def jaccard_merged(self) -> float | None:
-        return self._jaccard("merged")
+        return self.jaccard_of("merged")
 
     @property
     def without_objects(self) -> list[str | int]:

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from gtaseg.data.split import Split
+from gtaseg.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,15 @@ def mask_samples(split: Split, dataset: str | None = None) -> list[MaskSample]:
         return []
     return [MaskSample(Path(path).stem, Path(path), Path(mask), dataset)
             for (path, _), mask in zip(split.samples, split.masks) if mask is not None]
+
+
+def dataset_mask_samples(data: str, split_name: str, split: Split, limit: int | None = None) -> list[MaskSample]:
+    """The first ``limit`` (None or 0: all) samples of ``split``, the ``split_name`` split of ``--data data``,
+    that have an object mask, read in that dataset's own mask format; a one-line error when none has one."""
+    from gtaseg.data.finegrained import DATASETS
+
+    samples = mask_samples(split, data if data in DATASETS else None)
+    if not samples:
+        raise DataError(f"{data} ({split_name}): no object masks found (Pet: annotations/trimaps/, CUB: "
+                        f"segmentations/, ImageFolder: masks/{split_name}/<class>/)")
+    return samples[:limit] if limit else samples
