@@ -64,7 +64,11 @@ def resolve_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[int]:
 
 
 def check_layout(model: nn.Module, blocks: Sequence[int]) -> None:
-    """Refuse, in one line, a block of ``blocks`` whose attention is not a :data:`VERIFIED_ATTENTION` class."""
+    """Refuse, in one line, a model without a [cls] token (token 0 would be a register or a patch) and a block
+    of ``blocks`` whose attention is not a :data:`VERIFIED_ATTENTION` class."""
+    if getattr(model, "cls_token", None) is None:
+        raise ModelError(f"{type(model).__name__} has no [cls] token (its token 0 is a register or a patch); "
+                         f"GTA reads the [cls] query's attention")
     for i in blocks:
         # A block without ``attn`` (timm's ParallelScalingBlock fuses it with the MLP) is named itself.
         layer = getattr(model.blocks[i], "attn", model.blocks[i])

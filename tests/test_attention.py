@@ -158,3 +158,12 @@ def test_the_models_gtaseg_builds_pass_and_match_the_reference(build):
     p = model.patch_embed.patch_size[0]
     images = torch.randn(1, 3, 2 * p, 3 * p)
     torch.testing.assert_close(cls_logits(model, images), reference_cls_logits(model, images), atol=1e-5, rtol=1e-5)
+
+
+def test_a_vit_without_cls_token_is_refused():
+    """timm's register ViTs with global average pooling have no [cls] token: token 0 is a register, which the
+    capture would otherwise read silently as the [cls] query."""
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, class_token=False, reg_tokens=4,
+                              global_pool="avg")
+    with pytest.raises(GtasegError, match="no \\[cls\\] token"):
+        cls_logits(model, torch.randn(1, 3, 32, 32))

@@ -184,3 +184,19 @@ def test_no_import_cycles():
     graph = import_graph()
     cycles = [describe(graph, component) for component in strongly_connected(graph)]
     assert not cycles, "import cycles in gtaseg:\n" + "\n".join(cycles)
+
+
+def test_readme_layout_names_every_module():
+    """The README's layout table lists every module: by its path, or by its file name in the row of its folder."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Layout"):].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    missing = []
+    for name, path in module_files(ROOT).items():
+        rel = path.relative_to(ROOT).as_posix()
+        if path.name == "__init__.py" or f"`{rel}`" in section:
+            continue
+        folder = rel.rsplit("/", 1)[0] + "/"
+        if not any(row.startswith(f"| `{folder}") and f"`{path.name}`" in row for row in rows):
+            missing.append(rel)
+    assert not missing, f"README.md's layout table does not name: {', '.join(missing)}"
