@@ -66,9 +66,6 @@ def resolve_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[int]:
 def check_layout(model: nn.Module, blocks: Sequence[int]) -> None:
     """Refuse, in one line, a model without a [cls] token (token 0 would be a register or a patch) and a block
     of ``blocks`` whose attention is not a :data:`VERIFIED_ATTENTION` class."""
-    if getattr(model, "cls_token", None) is None:
-        raise ModelError(f"{type(model).__name__} has no [cls] token (its token 0 is a register or a patch); "
-                         f"GTA reads the [cls] query's attention")
     for i in blocks:
         # A block without ``attn`` (timm's ParallelScalingBlock fuses it with the MLP) is named itself.
         layer = getattr(model.blocks[i], "attn", model.blocks[i])
@@ -76,6 +73,9 @@ def check_layout(model: nn.Module, blocks: Sequence[int]) -> None:
             supported = ", ".join(c.__name__ for c in VERIFIED_ATTENTION)
             raise ModelError(f"block {i}: {type(layer).__name__} is not an attention layout gtaseg has verified "
                              f"(supported: {supported}); its [cls] logits cannot be read")
+    if getattr(model, "cls_token", None) is None:
+        raise ModelError(f"{type(model).__name__} has no [cls] token (its token 0 is a register or a patch); "
+                         f"GTA reads the [cls] query's attention")
 
 
 def _cls_row_logits(attn: nn.Module, qkv: Tensor) -> Tensor:

@@ -284,9 +284,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
                             tensorboard.write(row)
                     bar.set_postfix({k: row[k] for k in ("loss", "ce", "reg", "images_per_s")})
                     interval, t0 = Interval(), time.perf_counter()
-                # Every rank polls at the same steps, so all stop together.
-                stopping = (any_rank(stop.signum is not None) if step % SIGNAL_POLL_STEPS == 0 else False) \
-                    if ctx.enabled else stop.signum is not None
+                stopping = stop_requested(stop, step)
                 if stopping or step == cfg.steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
                     check_finite()
                     save(t, run, step, batches, interval)
@@ -310,6 +308,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     final = distributed.broadcast_object(final)
     distributed.cleanup(created)
     return final
+
+
+def stop_requested(stop: StopSignals, step: int) -> bool:
+    """A SIGINT/SIGTERM on any rank. Under torchrun every rank polls at the same steps (a collective each time),
+    so all stop together."""
+    if not distributed.current().enabled:
+        return stop.signum is not None
+    return step % SIGNAL_POLL_STEPS == 0 and any_rank(stop.signum is not None)
 
 
 def any_rank(flag: bool) -> bool:
