@@ -100,7 +100,8 @@ class Objective:
         self.forward: nn.Module = TargetForward(target)
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         self.source_features = None if source is None else source.forward_features
-        self._kept: dict[str, Captured] | None = None
+        self._kept: dict[str, Captured] | None = None  # compile()'s permanent captures
+        self._hooks: ExitStack | None = None  # and what removes them
 
     # --------------------------------------------------------------------------------- distributed, compile
 

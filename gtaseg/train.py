@@ -61,11 +61,12 @@ class Training:
         return self.train_split.classes
 
 
-def build_training(cfg: TrainConfig, device: torch.device | str = "cpu") -> Training:
-    """Data, networks, objective and optimizer of a run of ``cfg``, at step 0. The order is fixed: each piece that
-    draws from torch's RNG (the new head, a random init, the loader) draws what it drew in every earlier run."""
-    cfg, device = resolve(cfg), torch.device(device)
-    ctx = distributed.current()
+def build_training(cfg: TrainConfig) -> Training:
+    """Data, networks, objective and optimizer of a run of ``cfg``, at step 0, on ``cfg.device`` (this rank's GPU
+    under torchrun). The order is fixed: each piece that draws from torch's RNG (the new head, a random init, the
+    loader) draws what it drew in every earlier run."""
+    cfg, ctx = resolve(cfg), distributed.current()
+    device = distributed.device_for(cfg.device, ctx)
     torch.manual_seed(cfg.seed)
     method = METHODS[cfg.method]
 
@@ -228,7 +229,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         raise GtasegError(f"{out}: already holds a run (config.json); choose another --out, or --resume {out}")
     distributed.barrier()  # every rank has looked for an old run before rank 0 writes the new one
     out.mkdir(parents=True, exist_ok=True)
-    t = build_training(cfg, distributed.device_for(cfg.device, ctx))
+    t = build_training(cfg)
 
     step, drawn, interval, rng, checkpoint_step = 0, 0, Interval(), None, None
     if resume:
