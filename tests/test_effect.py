@@ -183,6 +183,7 @@ def test_training_reports_validation_and_masses(tmp_path, one_thread):
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert final["val_top1"] is not None and final["jaccard_image_size"] == 48
     assert 0 < final["mass_cue"] < 100 and 0 < final["mass_object"] < 100
+    assert f"Jaccard {final['jaccard_merged']:.2f} (heads merged)" in r.output and "at 48 px" in r.output
 
 
 # ------------------------------------------------------------------------------------ choosing settings

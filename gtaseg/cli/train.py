@@ -110,6 +110,9 @@ def _run(cfg: TrainConfig, out: str | Path, resume: bool = False) -> None:
     click.echo(f"\n{'method':<12}{'λ':>8}{'rate':>7}{'seed':>6}{'steps':>7}{'top1':>8}{'top5':>8}")
     click.echo(f"{final['method']:<12}{final['lam']:>8g}{final['sampling_rate']:>7g}{final['seed']:>6}"
                f"{final['steps']:>7}{final['top1']:>8.2f}{final['top5']:>8.2f}")
+    if final.get("jaccard_merged") is not None:
+        click.echo(f"[cls] attention on the test masks: Jaccard {final['jaccard_merged']:.2f} (heads merged), "
+                   f"{final['jaccard_best']:.2f} (best head), at {final['jaccard_image_size']} px")
     if final.get("skipped_images"):
         click.echo(f"{final['skipped_images']} unreadable images skipped (listed in {Path(out) / 'skipped_images.txt'})")
     click.echo(f"run written to {out}")
