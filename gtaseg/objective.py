@@ -58,15 +58,21 @@ def check_source(target: nn.Module, target_info: ModelInfo, source: nn.Module, s
 
 def renormalizer(target_info: ModelInfo, source_info: ModelInfo) -> Callable[[Tensor], Tensor] | None:
     """Images normalised for the target, re-normalised for a source trained with another mean/std (None when
-    both agree): each model sees the pixels as it was trained to."""
+    both agree): each model sees the pixels as it was trained to. (x·σ_t + μ_t − μ_s)/σ_s is one affine map
+    per channel, x·a + b, moved to the images' device once, not every step."""
     if tuple(target_info.mean) == tuple(source_info.mean) and tuple(target_info.std) == tuple(source_info.std):
         return None
-    mt, st, ms, ss = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in
+    mt, st, ms, ss = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in
                       (target_info.mean, target_info.std, source_info.mean, source_info.std))
+    scale, shift = (st / ss).float(), ((mt - ms) / ss).float()
+    placed: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def renormalize(images: Tensor) -> Tensor:
-        t = [x.to(images.device, images.dtype) for x in (mt, st, ms, ss)]
-        return (images * t[1] + t[0] - t[2]) / t[3]
+        key = (images.device, images.dtype)
+        if key not in placed:
+            placed[key] = (scale.to(*key), shift.to(*key))
+        a, b = placed[key]
+        return images * a + b
 
     return renormalize
 

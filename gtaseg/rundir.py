@@ -42,9 +42,6 @@ class RunDir:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
-    def __str__(self) -> str:
-        return str(self.path)
-
     @property
     def checkpoint(self) -> Path:
         return self.path / CHECKPOINT

@@ -86,16 +86,16 @@ def synthetic_masses(model: nn.Module, info: ModelInfo, test: Split, *, image_si
                      batch_size: int, device: torch.device) -> dict[str, float]:
     """Mean attention mass (%) on the object, and on the cue where the data has a localised one, over ``test``."""
     from gtaseg.data.synthetic import cue_mask_paths
-    from gtaseg.evaluation.mass import attention_mass
+    from gtaseg.evaluation.mass import attention_masses
 
+    regions = {key: masks for key, masks in {"mass_object": test.masks, "mass_cue": cue_mask_paths(test)}.items()
+               if masks}
+    if not regions:
+        return {}
     data = eval_dataset(test, image_size, crop_pct, info.mean, info.std)
     images = torch.stack([data[i][0] for i in range(len(data))]).to(device)
     was_training = model.training
     model.eval()
-    out = {}
-    for key, masks in {"mass_object": test.masks, "mass_cue": cue_mask_paths(test)}.items():
-        if masks:
-            values = attention_mass(model, images, masks, info.patch_size, batch_size)
-            out[key] = 100.0 * sum(values) / len(values)
+    masses = attention_masses(model, images, regions, info.patch_size, batch_size)
     model.train(was_training)
-    return out
+    return {key: 100.0 * sum(values) / len(values) for key, values in masses.items()}

@@ -6,7 +6,7 @@ scores the region's area fraction; attention wholly inside the region scores 1.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,16 @@ def region_mass(attention: Tensor, cover: Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def attention_mass(model: nn.Module, images: Tensor, masks: Sequence[Path | str], patch_size: int,
-                   batch_size: int = 32) -> list[float]:
-    """Per image, the last block's head-mean [cls] attention mass on the region of its mask file."""
-    out: list[float] = []
+def attention_masses(model: nn.Module, images: Tensor, regions: Mapping[str, Sequence[Path | str]], patch_size: int,
+                     batch_size: int = 32) -> dict[str, list[float]]:
+    """Per region (name → one mask file per image), per image, the last block's head-mean [cls] attention mass on
+    it; one forward per batch serves every region."""
+    out: dict[str, list[float]] = {name: [] for name in regions}
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         attention = cls_attention(model, batch).float().mean(1)  # [B, N]
-        cover = torch.stack([patch_cover(np.asarray(Image.open(m)), batch.shape[-1], patch_size)
-                             for m in masks[start:start + batch_size]]).to(attention.device)
-        out += region_mass(attention, cover).tolist()
+        for name, masks in regions.items():
+            cover = torch.stack([patch_cover(np.asarray(Image.open(m)), batch.shape[-1], patch_size)
+                                 for m in masks[start:start + batch_size]]).to(attention.device)
+            out[name] += region_mass(attention, cover).tolist()
     return out
