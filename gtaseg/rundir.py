@@ -4,9 +4,11 @@ Training writes them; resume, sweep and report read them. Layout::
 
     config.json          the TrainConfig as run, plus "lam_conversion" (derived, not an option)
     train_files.txt      one "<image path>\\t<class name>" line per training image, in sample order
+    val_files.txt        the same for the validation images held out of train (--val-fraction)
     metrics.jsonl        one JSON row per log interval ({"step", "lr", "loss", "ce", "reg", "drift", ...})
     checkpoint.pt        the training state (gtaseg.checkpointing)
     model.safetensors    the fine-tuned weights with their ModelInfo (gtaseg.models)
+    best.safetensors     --keep best: the weights of the best validation top-1 so far
     skipped_images.txt   the unreadable files met with --on-bad-image skip, one reason per line
     final.json           written last: a run is finished iff it exists
 """
@@ -25,9 +27,11 @@ from gtaseg.io import write_json, write_text
 
 CONFIG = "config.json"
 TRAIN_FILES = "train_files.txt"
+VAL_FILES = "val_files.txt"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.safetensors"
+BEST = "best.safetensors"
 SKIPPED = "skipped_images.txt"
 FINAL = "final.json"
 # The key of config.json that holds what λ means in the other reduction: derived, not an option, so a resumed
@@ -100,14 +104,17 @@ class RunDir:
     def train_files_text(samples: Sequence[tuple[Any, int]], classes: Sequence[str]) -> str:
         return "".join(f"{p}\t{classes[y]}\n" for p, y in samples)
 
-    def write_train_files(self, samples: Sequence[tuple[Any, int]], classes: Sequence[str]) -> None:
-        write_text(self.path / TRAIN_FILES, self.train_files_text(samples, classes))
+    def write_train_files(self, samples: Sequence[tuple[Any, int]], classes: Sequence[str],
+                          name: str = TRAIN_FILES) -> None:
+        """The run's training images (or, with ``name=VAL_FILES``, those it held out for validation)."""
+        write_text(self.path / name, self.train_files_text(samples, classes))
 
-    def check_train_files(self, samples: Sequence[tuple[Any, int]], classes: Sequence[str]) -> None:
+    def check_train_files(self, samples: Sequence[tuple[Any, int]], classes: Sequence[str],
+                          name: str = TRAIN_FILES) -> None:
         """A resumed run must read the very files it started with."""
-        path = self.path / TRAIN_FILES
+        path = self.path / name
         if path.is_file() and path.read_text() != self.train_files_text(samples, classes):
-            raise GtasegError(f"{path}: the training images changed since the run started; resume needs the same "
+            raise GtasegError(f"{path}: the images changed since the run started; resume needs the same "
                               f"files (or start a new run)")
 
     # ----------------------------------------------------------------------------------------- metrics
@@ -134,11 +141,14 @@ class RunDir:
         return rows
 
     def last_logged(self, key: str) -> float | None:
-        rows = self.metrics()
-        try:
-            return float(rows[-1][key]) if rows else None
-        except (KeyError, TypeError, ValueError):
-            return None
+        """``key`` in the last row that has it (validation rows of --eval-every hold no training terms)."""
+        for row in reversed(self.metrics()):
+            if key in row:
+                try:
+                    return float(row[key])
+                except (TypeError, ValueError):
+                    return None
+        return None
 
     def truncate_metrics(self, step: int) -> None:
         """Keep the rows up to ``step`` (those a resumed run does not write again); a half-written line goes too."""

@@ -45,7 +45,7 @@ def _click_option(name: str) -> Callable:
         value_type = click.Path(file_okay=False)
     elif meta["minimum"] is not None:
         ranged = click.IntRange if value_type is int else click.FloatRange
-        value_type = ranged(meta["minimum"], meta["maximum"], min_open=meta["min_open"])
+        value_type = ranged(meta["minimum"], meta["maximum"], min_open=meta["min_open"], max_open=meta["max_open"])
     return click.option(*flags, param, type=value_type, default=default(name), help=help_text)
 
 

@@ -1,4 +1,4 @@
 """timm ViTs and the checkpoints they are built from."""
-from gtaseg.models.build import ModelInfo, create_vit, load_model, model_info, save_model
+from gtaseg.models.build import ModelInfo, create_vit, load_model, model_info, save_model, set_drop_path
 
-__all__ = ["ModelInfo", "create_vit", "load_model", "model_info", "save_model"]
+__all__ = ["ModelInfo", "create_vit", "load_model", "model_info", "save_model", "set_drop_path"]

