@@ -13,8 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from gtaseg.errors import GtasegError
-from gtaseg.methods import METHODS
-from gtaseg.regularizers import REDUCTIONS
+from gtaseg.methods import METHODS, REDUCTIONS
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
 

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # torch only for the annotation: the CLI reads METHODS for --help without importing torch
+    from torch import nn
+
+# How gta, guide-block and guide-msa reduce their term over its entries (gtaseg.regularizers.guidance_l2).
+REDUCTIONS = ("mean", "sum")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ and prints. eval/PROTOCOL.md documents the protocol.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -16,10 +16,12 @@ from gtaseg.config import parse_pairs
 from gtaseg.data.split import Split
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.gate import Gate, merge_options_file
-from gtaseg.evaluation.inputs import SegSample
 from gtaseg.evaluation.protocols import JACCARD_PRESETS, Protocol, describe, short_name
-from gtaseg.evaluation.runner import EvalResult, evaluate
 from gtaseg.io import write_json
+
+if TYPE_CHECKING:  # torch and timm load only in the commands that run a model: --help answers at once
+    from gtaseg.evaluation.inputs import SegSample
+    from gtaseg.evaluation.runner import EvalResult
 
 PROTOCOL_HELP = """
 Protocol (eval/PROTOCOL.md): each image is resized to S×S (--image-size, --resize), normalised with the
@@ -38,6 +40,8 @@ head.
 def _evaluate(ckpt: str, samples: Sequence[SegSample], protocol: Protocol, opts: dict[str, Any],
               export_masks: bool = False, per_block: bool = False) -> tuple[EvalResult, dict[str, Any]]:
     """Load ``ckpt`` and score ``samples``; returns the result and the model part of the report."""
+    from gtaseg.evaluation.runner import evaluate
+
     model, info, described = load_checked(ckpt, protocol, opts["arch"])
     result = evaluate(model, info, samples, protocol, batch_size=opts["batch_size"], workers=opts["workers"],
                       device=opts["device"], export_masks=export_masks, per_block=per_block)
