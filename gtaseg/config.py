@@ -144,6 +144,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         cfg.lam = METHODS[cfg.method].default_lam
     cfg.source = cfg.source or cfg.init
     cfg.crop_scale = tuple(cfg.crop_scale)
+    # Every formula would take these, and silently turn the option around (a negative λ pushes the attention away
+    # from the source); the preset fills some of them, so they are checked here rather than by click.
+    for name, positive in (("lam", False), ("weight_decay", False), ("lr", True), ("head_lr_scale", True)):
+        value = getattr(cfg, name)
+        if not (value > 0 if positive else value >= 0):
+            raise GtasegError(f"{flag_of(name)} {value:g}: must be {'above 0' if positive else '0 or more'}")
     for name in ("lam_reduction", "on_bad_image"):
         choices = FIELDS[name].metadata["choices"]
         if getattr(cfg, name) not in choices:

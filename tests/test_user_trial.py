@@ -47,3 +47,14 @@ def test_help_and_usage_errors_import_no_torch():
     """)
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[0, 0, 0, 2] []", out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------ settings silently wrong
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--lam", "-1", "must be 0 or more"), ("--weight-decay", "-0.05", "must be 0 or more"),
+    ("--lr", "0", "must be above 0"), ("--lr", "-1e-4", "must be above 0"), ("--head-lr-scale", "-1", "above 0")])
+def test_negative_coefficients_are_refused_before_the_run_folder_exists(tiny_folder, tmp_path, option, value, says):
+    out = tmp_path / "run"
+    one_line_error(invoke("train", "--data", tiny_folder, *TRAIN, option, value, "--out", out), option, says)
+    assert not out.exists()
