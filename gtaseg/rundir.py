@@ -32,6 +32,8 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.safetensors"
 SKIPPED = "skipped_images.txt"
 FINAL = "final.json"
+# The keys of final.json that are wall-clock times: the only ones that differ between two runs of one config.
+WALL_CLOCK = ("train_seconds", "eval_seconds")
 # The key of config.json that holds what λ means in the other reduction: derived, not an option, so a resumed
 # run's config ignores it.
 CONFIG_NOTE = "lam_conversion"

@@ -8,6 +8,7 @@ torchrun's ranks on the last one. Under torchrun every rank calls :func:`train`;
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ from gtaseg.checkpointing import load_state, restore, save_checkpoint, set_rng_s
 from gtaseg.config import TrainConfig, changed_options, resolve
 from gtaseg.data.pipeline import (BadImages, Batches, has_validation, run_split, train_dataset,
                                   train_split as load_train_split)
+from gtaseg.data.sampling import describe_sample, realised_fraction
 from gtaseg.data.split import Split
 from gtaseg.errors import CheckpointError, GtasegError
 from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy
@@ -55,6 +57,8 @@ class Training:
     bad_images: BadImages
     probe: DriftProbe
     train_set: torch.utils.data.Dataset
+    # When the run was built (this process's start; after a resume, the resume's): final.json's train_seconds.
+    started: float = field(default_factory=time.perf_counter)
 
     @property
     def classes(self) -> list[str]:
@@ -248,6 +252,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool) -> dict:
     distributed.barrier()  # every rank has looked for an old run before rank 0 writes the new one
     t = build_training(cfg)
     out.mkdir(parents=True, exist_ok=True)  # only once the run is built: a start that fails leaves no folder
+    if ctx.is_main:
+        tqdm.write(describe_sample(t.train_split, cfg.sampling_rate), file=sys.stderr)
 
     step, drawn, interval, rng, checkpoint_step = 0, 0, Interval(), None, None
     if resume:
@@ -345,8 +351,9 @@ def any_rank(flag: bool) -> bool:
 
 
 def evaluate(t: Training, step: int) -> dict:
-    """What final.json holds: test (and validation) accuracy, the run's settings, and its attention quality."""
-    cfg = t.cfg
+    """What final.json holds: test (and validation) accuracy, the run's settings, its attention quality, and the
+    wall-clock seconds of the training (since the run was built) and of this evaluation."""
+    cfg, started = t.cfg, time.perf_counter()
     common = dict(image_size=cfg.image_size, crop_pct=cfg.eval_crop_pct, batch_size=cfg.batch_size,
                   workers=cfg.workers, device=t.device, bad_images=t.bad_images)
     acc = split_accuracy(t.model, t.info, t.test_split, data=cfg.data, desc="eval test", **common)
@@ -359,5 +366,6 @@ def evaluate(t: Training, step: int) -> dict:
             "lam": cfg.lam, "lam_reduction": cfg.lam_reduction, "sampling_rate": cfg.sampling_rate, "seed": cfg.seed,
             "steps": step, "transmix": cfg.transmix, "data": cfg.data, "train_images": len(t.train_split),
             "test_images": acc["count"], "world_size": distributed.current().world_size, **quality,
-            "skipped_images": len(t.bad_images.skipped)}
+            "skipped_images": len(t.bad_images.skipped), "sampling_fraction_realised": realised_fraction(t.train_split),
+            "train_seconds": round(started - t.started, 1), "eval_seconds": round(time.perf_counter() - started, 1)}
 

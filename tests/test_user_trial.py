@@ -129,3 +129,16 @@ def test_a_bad_image_stop_before_the_first_checkpoint_leaves_the_folder_free(tmp
     result = invoke(*command, "--on-bad-image", "skip")  # the same command, now skipping it
     assert result.exit_code == 0, result.output
     assert json.loads((out / "final.json").read_text())["skipped_images"] == 1
+
+
+def test_the_realised_sampling_fraction_and_the_times_are_printed_and_recorded(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    result = invoke("train", "--data", tiny_folder, *TRAIN, "--sampling-rate", "0.15", "--out", out)
+    assert result.exit_code == 0, result.output
+    # 15 % of 6 images per class rounds up to 1 of each class's 6: 3 of 18 images.
+    assert "training on 3 of 18 images (16.7 %): --sampling-rate 0.15 keeps ⌈0.15 × n⌉" in result.output
+    final = json.loads((out / "final.json").read_text())
+    assert final["sampling_rate"] == 0.15 and final["train_images"] == 3
+    assert final["sampling_fraction_realised"] == pytest.approx(3 / 18)
+    assert final["train_seconds"] > 0 and final["eval_seconds"] >= 0
+    assert "rounds up" in invoke("train", "--help").output

@@ -86,6 +86,11 @@ def train(out: str | None, resume: str | None, **options: Any) -> None:
     --out. SIGINT/SIGTERM stop the run after the current step with a checkpoint written (exit code 130/143);
     --resume continues it and ends with the same weights and metrics as a run that was never stopped.
 
+    --sampling-rate rounds up per class: it keeps ⌈rate × n⌉ of each class's n training images, at least one,
+    so that every class is seen and stored results keep their meaning; on small classes more than the rate is
+    kept. The start of the run prints the count, and final.json records it (train_images,
+    sampling_fraction_realised).
+
     Several GPUs (or CPU processes): launch under torchrun, e.g. ``torchrun --nproc_per_node 4 $(which gtaseg)
     train ...``. Each process trains a DistributedDataParallel copy on its own shard of every batch, so the
     global batch is --batch-size × --accum-steps × processes; rank 0 writes the run files.
