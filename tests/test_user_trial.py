@@ -142,3 +142,41 @@ def test_the_realised_sampling_fraction_and_the_times_are_printed_and_recorded(t
     assert final["sampling_fraction_realised"] == pytest.approx(3 / 18)
     assert final["train_seconds"] > 0 and final["eval_seconds"] >= 0
     assert "rounds up" in invoke("train", "--help").output
+
+
+# ------------------------------------------------------------------------------------------ progress
+
+def _tiny_voc(root: Path, images: int = 3) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(images):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"im{i}.jpg")
+        labels = np.zeros((40, 48), dtype=np.uint8)
+        labels[8:32, 8:40] = 13
+        Image.fromarray(labels, mode="L").save(root / "SegmentationClass" / f"im{i}.png")
+    (root / "ImageSets/Segmentation/val.txt").write_text("".join(f"im{i}\n" for i in range(images)))
+    return root
+
+
+def test_evaluation_commands_show_a_bar_with_a_total(tmp_path):
+    """Not on a terminal (CliRunner): the bars still show, each with its total, as training's does."""
+    voc = _tiny_voc(tmp_path / "voc")
+    common = ["--ckpt", "random:vit_tiny_patch16_224", "--voc-root", voc, "--image-size", 32, "--workers", 0]
+    voc_out = invoke("eval-voc", *common)
+    assert voc_out.exit_code == 0, voc_out.output
+    assert "3/3" in voc_out.output
+    corloc = invoke("eval-corloc", *common, "--boxes", "masks")
+    assert corloc.exit_code == 0, corloc.output
+    assert "corloc: 100%" in corloc.output and "3/3" in corloc.output
+
+
+def test_the_end_of_run_accuracy_bars_have_a_total(tiny_folder, tmp_path):
+    import re
+
+    result = invoke("train", "--data", tiny_folder, *TRAIN, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"eval test: +\d+%.*\| *\d/3 ", result.output), result.output  # 9 test images, batch 4
