@@ -180,3 +180,17 @@ def test_the_end_of_run_accuracy_bars_have_a_total(tiny_folder, tmp_path):
     result = invoke("train", "--data", tiny_folder, *TRAIN, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert re.search(r"eval test: +\d+%.*\| *\d/3 ", result.output), result.output  # 9 test images, batch 4
+
+
+# ---------------------------------------------------------------------------------------- the CI gate
+
+def test_the_gate_file_names_its_folder_and_voc_root_overrides_it(tmp_path):
+    gate = tmp_path / "eval" / "gate.json"
+    gate.parent.mkdir()
+    gate.write_text((REPO / "eval" / "gate.json").read_text())  # its ../../shared is absent beside tmp_path
+    one_line_error(invoke("check-attention", "--config", gate), "no such folder", f"voc_root of {gate}",
+                   "--voc-root")
+    voc = _tiny_voc(tmp_path / "voc")
+    result = invoke("check-attention", "--config", gate, "--voc-root", voc, "--ckpt", "random:vit_tiny_patch16_224",
+                    "--min-jaccard", 0, "--workers", 0)
+    assert result.exit_code == 0 and "PASS" in result.output, result.output

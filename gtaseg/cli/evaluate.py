@@ -6,6 +6,7 @@ and prints. eval/PROTOCOL.md documents the protocol.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -181,6 +182,10 @@ def check_attention(ctx: click.Context, config: str | None, out: str | None, **o
 
     if config:
         opts = _apply_config(ctx, opts, config)
+        from_file = ctx.get_parameter_source("voc_root") != ParameterSource.COMMANDLINE
+        if from_file and opts["voc_root"] is not None and not Path(opts["voc_root"]).is_dir():
+            raise GtasegError(f"{opts['voc_root']}: no such folder (voc_root of {config}, relative to it); "
+                              f"give --voc-root DIR to gate on another VOC-layout copy")
     for key in ("ckpt", "voc_root"):
         if opts[key] is None:
             raise GtasegError(f"--{key.replace('_', '-')} is required (or '{key}' in --config)")
