@@ -194,3 +194,16 @@ def test_the_gate_file_names_its_folder_and_voc_root_overrides_it(tmp_path):
     result = invoke("check-attention", "--config", gate, "--voc-root", voc, "--ckpt", "random:vit_tiny_patch16_224",
                     "--min-jaccard", 0, "--workers", 0)
     assert result.exit_code == 0 and "PASS" in result.output, result.output
+
+
+# ----------------------------------------------------------------------------------------- usage errors
+
+@pytest.mark.parametrize("args", [["--sampling-rate", "0"], ["--sampling-rate", "1.5"], ["--batch-size", "0"],
+                                  ["--steps", "0"]])
+def test_usage_errors_are_clicks_three_lines_with_exit_2_as_the_readme_says(args):
+    result = invoke("train", *args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 3, result.output
+    assert lines[0].startswith("Usage: ") and lines[1].startswith("Try ") and lines[2].startswith("Error: ")
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "**Usage errors follow click's convention.**" in readme and "exits with code 2" in readme
