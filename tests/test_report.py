@@ -277,3 +277,13 @@ def test_a_repeated_setting_and_seed_is_one_seed(tmp_path):
     assert "31.00 ± 1.41" in rep.markdown
     assert ("cub/baseline_r0.15_s0_again repeats the setting and seed of cub/baseline_r0.15_s0: counted once"
             in rep.markdown)
+
+
+def test_the_drift_figure_title_fits_one_panel():
+    from gtaseg.report.drift import DriftCurve, drift_figure
+
+    fig = drift_figure([DriftCurve("cub", "gta", 0.15, 1.0, [10, 20], [[1.0, 2.0], [3.0, 4.0]])])
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    title = fig._suptitle.get_window_extent(renderer)
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width, (title, fig.bbox)
