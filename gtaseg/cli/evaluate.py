@@ -207,7 +207,7 @@ def check_attention(ctx: click.Context, config: str | None, out: str | None, **o
         reference = _evaluate(opts["reference"], samples, protocol, opts)[0].jaccard_of(variant)
     checks = gate.checks(value, reference)
     passed = all(ok for _, ok in checks)
-    line = (f"{variant} Jaccard {value:.2f} vs {'; '.join(text for text, _ in checks)} ({opts['ckpt']}, "
+    line = (f"{variant} Jaccard {value:.2f}: {'; '.join(text for text, _ in checks)} ({opts['ckpt']}, "
             f"{len(samples)} images at {protocol.image_size} px, protocol {short_name(protocol)}, "
             f"{result.seconds:.0f} s)")
     if out:
