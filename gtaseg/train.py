@@ -366,6 +366,7 @@ def evaluate(t: Training, step: int) -> dict:
             "lam": cfg.lam, "lam_reduction": cfg.lam_reduction, "sampling_rate": cfg.sampling_rate, "seed": cfg.seed,
             "steps": step, "transmix": cfg.transmix, "data": cfg.data, "train_images": len(t.train_split),
             "test_images": acc["count"], "world_size": distributed.current().world_size, **quality,
-            "skipped_images": len(t.bad_images.skipped), "sampling_fraction_realised": realised_fraction(t.train_split),
+            "skipped_images": len(t.bad_images.skipped),
+            "sampling_fraction_realised": realised_fraction(t.train_split),
             "train_seconds": round(started - t.started, 1), "eval_seconds": round(time.perf_counter() - started, 1)}
 

@@ -207,3 +207,13 @@ def test_usage_errors_are_clicks_three_lines_with_exit_2_as_the_readme_says(args
     assert lines[0].startswith("Usage: ") and lines[1].startswith("Try ") and lines[2].startswith("Error: ")
     readme = " ".join((REPO / "README.md").read_text().split())
     assert "**Usage errors follow click's convention.**" in readme and "exits with code 2" in readme
+
+
+# ---------------------------------------------------------------------------------------------- small
+
+def test_a_method_without_a_term_prints_its_lambda_as_a_dash(tiny_folder, tmp_path):
+    result = invoke("train", "--data", tiny_folder, *TRAIN, "--method", "baseline", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    header, row = [line for line in result.output.splitlines() if line.startswith(("method", "baseline"))]
+    assert row.split()[:2] == ["baseline", "–"], row
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["lam"] == 0.0  # the file keeps the number

@@ -104,6 +104,7 @@ def train(out: str | None, resume: str | None, **options: Any) -> None:
 
 
 def _run(cfg: TrainConfig, out: str | Path, resume: bool = False) -> None:
+    from gtaseg.methods import lam_text
     from gtaseg.stopping import Interrupted
     from gtaseg.train import train as run_training
 
@@ -113,7 +114,8 @@ def _run(cfg: TrainConfig, out: str | Path, resume: bool = False) -> None:
         click.echo(str(e), err=True)
         sys.exit(e.exit_code)
     click.echo(f"\n{'method':<12}{'λ':>8}{'rate':>7}{'seed':>6}{'steps':>7}{'top1':>8}{'top5':>8}")
-    click.echo(f"{final['method']:<12}{final['lam']:>8g}{final['sampling_rate']:>7g}{final['seed']:>6}"
+    lam = lam_text(final["method"], final["lam"])
+    click.echo(f"{final['method']:<12}{lam:>8}{final['sampling_rate']:>7g}{final['seed']:>6}"
                f"{final['steps']:>7}{final['top1']:>8.2f}{final['top5']:>8.2f}")
     if final.get("jaccard_merged") is not None:
         click.echo(f"[cls] attention on the test masks: Jaccard {final['jaccard_merged']:.2f} (heads merged), "

@@ -37,7 +37,8 @@ def realised_fraction(split: Split) -> float:
 
 def describe_sample(split: Split, rate: float) -> str:
     """The line training prints at its start: how many images it trains on, of how many, and why not ``rate``."""
-    line = f"training on {len(split)} of {split.drawn_from or len(split)} images ({100 * realised_fraction(split):.1f} %)"
+    total, percent = split.drawn_from or len(split), 100 * realised_fraction(split)
+    line = f"training on {len(split)} of {total} images ({percent:.1f} %)"
     if rate < 1:
         line += f": --sampling-rate {rate:g} keeps ⌈{rate:g} × n⌉ of each class's n images, at least one"
     return line
