@@ -13,8 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from gtaseg.errors import GtasegError
-from gtaseg.methods import METHODS
-from gtaseg.regularizers import REDUCTIONS
+from gtaseg.methods import METHODS, REDUCTIONS
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
 HEAD_INITS = ("timm", "probe")
@@ -129,7 +128,7 @@ class TrainConfig:
                              minimum=0, neutral=True, resumable=True)
     on_bad_image: str = option("stop", "An unreadable image file (truncated, not an image): stop with its name, or "
                                        "skip it and count it (final.json, skipped_images.txt).",
-                               choices=BAD_IMAGE_POLICIES)
+                               choices=BAD_IMAGE_POLICIES, resumable=True)
     tensorboard: bool = option(False, "Also log every metrics.jsonl row as TensorBoard scalars into <out>/tensorboard "
                                       "(view with tensorboard --logdir <out or runs dir>; needs pip install "
                                       "'gtaseg[tensorboard]').", kind="flag", neutral=True)
@@ -181,6 +180,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         cfg.lam = METHODS[cfg.method].default_lam
     cfg.source = cfg.source or cfg.init
     cfg.crop_scale = tuple(cfg.crop_scale)
+    # Every formula would take these, and silently turn the option around (a negative λ pushes the attention away
+    # from the source); the preset fills some of them, so they are checked here rather than by click.
+    for name, positive in (("lam", False), ("weight_decay", False), ("lr", True), ("head_lr_scale", True)):
+        value = getattr(cfg, name)
+        if not (value > 0 if positive else value >= 0):
+            raise GtasegError(f"{flag_of(name)} {value:g}: must be {'above 0' if positive else '0 or more'}")
     for name in ("lam_reduction", "on_bad_image", "head_init", "keep"):
         choices = FIELDS[name].metadata["choices"]
         if getattr(cfg, name) not in choices:

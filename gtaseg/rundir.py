@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from gtaseg.config import ADDED_OPTIONS, FIELDS, RESUME_OPTIONS, TrainConfig
 from gtaseg.errors import GtasegError
 from gtaseg.io import write_json, write_text
+from gtaseg.tensorboard import SUBDIR as TENSORBOARD_SUBDIR
 
 CONFIG = "config.json"
 TRAIN_FILES = "train_files.txt"
@@ -34,6 +36,8 @@ MODEL = "model.safetensors"
 BEST = "best.safetensors"
 SKIPPED = "skipped_images.txt"
 FINAL = "final.json"
+# The keys of final.json that are wall-clock times: the only ones that differ between two runs of one config.
+WALL_CLOCK = ("train_seconds", "eval_seconds")
 # The key of config.json that holds what λ means in the other reduction: derived, not an option, so a resumed
 # run's config ignores it.
 CONFIG_NOTE = "lam_conversion"
@@ -56,6 +60,16 @@ class RunDir:
 
     def is_finished(self) -> bool:
         return (self.path / FINAL).is_file()
+
+    def discard(self, created: bool) -> None:
+        """Remove what a run that stopped before its first checkpoint wrote: the whole folder when the run
+        ``created`` it, else only the run's own files (the folder may hold the user's)."""
+        if created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in (CONFIG, TRAIN_FILES, METRICS, SKIPPED):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / TENSORBOARD_SUBDIR, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ config
 

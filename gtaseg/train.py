@@ -8,6 +8,7 @@ torchrun's ranks on the last one. Under torchrun every rank calls :func:`train`;
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -23,12 +24,13 @@ from gtaseg import distributed
 from gtaseg.checkpointing import load_state, restore, save_checkpoint, set_rng_state
 from gtaseg.config import TrainConfig, changed_options, resolve
 from gtaseg.data.pipeline import BadImages, Batches, eval_batches, eval_dataset, load_run_splits, train_dataset
+from gtaseg.data.sampling import describe_sample, realised_fraction
 from gtaseg.data.split import Split
 from gtaseg.errors import CheckpointError, GtasegError
 from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy
 from gtaseg.head_probe import head_features, probe_head
 from gtaseg.methods import METHODS
-from gtaseg.models import ModelInfo, load_model, save_model, set_drop_path
+from gtaseg.models import ModelInfo, check_image_size, check_model_options, load_model, save_model, set_drop_path
 from gtaseg.objective import Objective, check_source, renormalizer
 from gtaseg.optim import build_optimizer, build_scheduler
 from gtaseg.rundir import BEST, CONFIG, VAL_FILES, RunDir
@@ -58,6 +60,8 @@ class Training:
     probe: DriftProbe
     train_set: torch.utils.data.Dataset
     probe_top1: float | None  # --head-init probe: the probe's top-1 on the training images
+    # When the run was built (this process's start; after a resume, the resume's): final.json's train_seconds.
+    started: float = field(default_factory=time.perf_counter)
 
     @property
     def classes(self) -> list[str]:
@@ -93,6 +97,7 @@ def build_training(cfg: TrainConfig) -> Training:
     model, info = load_model(cfg.init, arch=cfg.arch, num_classes=len(classes))
     # The run's eval settings travel with the weights, so that eval-acc reproduces final.json.
     info = replace(info, classes=classes, image_size=cfg.image_size, eval_crop_pct=cfg.eval_crop_pct)
+    check_image_size(cfg.image_size, info.patch_size)  # weights whose spec does not name their architecture
     model.to(device).train()
     probe_top1 = None
     if cfg.head_init == "probe":
@@ -285,16 +290,35 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     """Run a whole training job into ``out`` and return what ``final.json`` holds.
 
     ``resume``: ``out`` holds a run started with ``cfg`` (read it with :meth:`RunDir.resumed_config`); it
-    continues from its last checkpoint and ends with the same weights and metrics as a run never stopped."""
+    continues from its last checkpoint and ends with the same weights and metrics as a run never stopped.
+    A new run that stops before its first checkpoint (bad data or weights, an unreadable image, a non-finite
+    loss) leaves nothing in ``out``: there is nothing to resume, and the same command can take ``out`` again."""
     out, cfg = Path(out), resolve(cfg)  # bad options fail before the run directory exists
+    check_model_options(cfg.init, cfg.arch, cfg.image_size)
     run = RunDir(out)
-    created = distributed.setup(cfg.device)  # joins torchrun's ranks; a no-op in a single process
-    ctx = distributed.current()
     if (run / CONFIG).exists() and not resume:
         raise GtasegError(f"{out}: already holds a run (config.json); choose another --out, or --resume {out}")
+    if resume:
+        return _train(cfg, run, resume=True)
+    created = not out.exists()
+    try:
+        return _train(cfg, run, resume=False)
+    except BaseException:
+        if distributed.current().is_main and not run.checkpoint.exists():
+            run.discard(created)
+        raise
+
+
+def _train(cfg: TrainConfig, run: RunDir, resume: bool) -> dict:
+    """:func:`train` once ``cfg`` and ``run`` are checked: build, resume, the loop, evaluate."""
+    out = run.path
+    created = distributed.setup(cfg.device)  # joins torchrun's ranks; a no-op in a single process
+    ctx = distributed.current()
     distributed.barrier()  # every rank has looked for an old run before rank 0 writes the new one
-    out.mkdir(parents=True, exist_ok=True)
     t = build_training(cfg)
+    out.mkdir(parents=True, exist_ok=True)  # only once the run is built: a start that fails leaves no folder
+    if ctx.is_main:
+        tqdm.write(describe_sample(t.train_split, cfg.sampling_rate), file=sys.stderr)
     best = BestWeights(run / BEST) if cfg.keep == "best" else None
 
     step, drawn, interval, rng, checkpoint_step = 0, 0, Interval(), None, None
@@ -402,8 +426,9 @@ def any_rank(flag: bool) -> bool:
 
 
 def evaluate(t: Training, step: int, best: BestWeights | None = None) -> dict:
-    """What final.json holds: test (and validation) accuracy, the run's settings, and its attention quality."""
-    cfg = t.cfg
+    """What final.json holds: test (and validation) accuracy, the run's settings, its attention quality, and the
+    wall-clock seconds of the training (since the run was built) and of this evaluation."""
+    cfg, started = t.cfg, time.perf_counter()
     common = dict(image_size=cfg.image_size, crop_pct=cfg.eval_crop_pct, batch_size=cfg.batch_size,
                   workers=cfg.workers, device=t.device, bad_images=t.bad_images)
     acc = split_accuracy(t.model, t.info, t.test_split, data=cfg.data, desc="eval test", **common)
@@ -419,5 +444,7 @@ def evaluate(t: Training, step: int, best: BestWeights | None = None) -> dict:
             "lam": cfg.lam, "lam_reduction": cfg.lam_reduction, "sampling_rate": cfg.sampling_rate, "seed": cfg.seed,
             "steps": step, "transmix": cfg.transmix, "data": cfg.data, "train_images": len(t.train_split),
             "test_images": acc["count"], "world_size": distributed.current().world_size, **quality,
-            "skipped_images": len(t.bad_images.skipped)}
+            "skipped_images": len(t.bad_images.skipped),
+            "sampling_fraction_realised": realised_fraction(t.train_split),
+            "train_seconds": round(started - t.started, 1), "eval_seconds": round(time.perf_counter() - started, 1)}
 

@@ -15,4 +15,5 @@ def test_gate_separates_real_from_random_attention(horses_root, ckpt, passes):
     result = CliRunner().invoke(main, ["check-attention", "--config", str(GATE), "--ckpt", ckpt,
                                        "--voc-root", str(horses_root)])
     assert result.exit_code == (0 if passes else 1), result.output
-    assert result.output.startswith("PASS: " if passes else "FAIL: ")
+    verdict = (result.stdout if passes else result.stderr).strip().splitlines()[-1]  # the bars go to stderr first
+    assert verdict.startswith("PASS: " if passes else "FAIL: ")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from gtaseg.checkpointing import load_state
-from gtaseg.rundir import CHECKPOINT
+from gtaseg.rundir import CHECKPOINT, WALL_CLOCK
 from gtaseg.cli import main
 from gtaseg.objective import Objective
 from tests.conftest import TINY_TRAIN
@@ -83,7 +83,8 @@ def assert_same_run(out: Path, reference: Path) -> None:
     for k in theirs:
         torch.testing.assert_close(ours[k], theirs[k], atol=1e-6, rtol=0, msg=k)
     assert metrics(out) == metrics(reference)
-    final, expected = (json.loads((d / "final.json").read_text()) for d in (out, reference))
+    final, expected = ({k: v for k, v in json.loads((d / "final.json").read_text()).items() if k not in WALL_CLOCK}
+                       for d in (out, reference))
     assert final == expected
 
 
@@ -162,6 +163,34 @@ def test_sigint_exits_130_and_resume_refuses_other_options(tiny_folder, tmp_path
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
     finished = run_in_process("train", "--resume", out)
     assert finished.exit_code == 1 and "already finished" in finished.output
+
+
+def test_resume_may_turn_on_skipping_unreadable_images(tmp_path, monkeypatch):
+    """--on-bad-image changes no result of the images already seen (all were readable), so --resume takes it."""
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", classes=2, train=4, test=1, size=32)
+    loss, calls = Objective.loss, []
+
+    def interrupted_loss(self, images, labels):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss(self, images, labels)
+
+    monkeypatch.setattr(Objective, "loss", interrupted_loss)
+    out = tmp_path / "run"
+    stopped = run_in_process("train", "--data", data, *TINY_TRAIN, "--accum-steps", "1", "--steps", "4", "--out", out)
+    assert stopped.exit_code == 130 and load_state(out / CHECKPOINT)["step"] == 1, stopped.output
+    monkeypatch.setattr(Objective, "loss", loss)
+    for image in (data / "train" / "class0").iterdir():  # the rest of the stream meets these
+        image.write_bytes(image.read_bytes()[:50])
+    refused = run_in_process("train", "--resume", out)
+    assert refused.exit_code == 1 and "--on-bad-image skip" in refused.output
+    assert (out / CHECKPOINT).exists()  # a run with a checkpoint keeps its folder when it stops
+    result = run_in_process("train", "--resume", out, "--on-bad-image", "skip")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "final.json").read_text())["skipped_images"] == 4
 
 
 def test_non_finite_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, monkeypatch):

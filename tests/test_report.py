@@ -263,3 +263,27 @@ def test_attention_transfer_rows_in_tables_2_and_3(tmp_path):
     assert t3 == {"guide-block", "gta", "attn-distill", "cls-distill"}
     assert "| attention maps, all queries (CE) |" in rep.markdown
     assert "| [cls] attention probabilities (CE) |" in rep.markdown
+
+
+def test_a_repeated_setting_and_seed_is_one_seed(tmp_path):
+    """An interrupted and resumed copy beside an uninterrupted run of the same setting and seed: one seed."""
+    root = tmp_path / "runs"
+    fake_run(root, "cub/baseline_r0.15_s0", method="baseline", lam=0.0, top1=32.0)
+    fake_run(root, "cub/baseline_r0.15_s0_again", method="baseline", lam=0.0, top1=32.0)
+    fake_run(root, "cub/baseline_r0.15_s1", method="baseline", lam=0.0, seed=1, top1=30.0)
+    rep = make_report(root)
+    (row,) = read_csv(root / "table2.csv")
+    assert row["n"] == "2" and row["seeds"] == "0;1"
+    assert "31.00 ± 1.41" in rep.markdown
+    assert ("cub/baseline_r0.15_s0_again repeats the setting and seed of cub/baseline_r0.15_s0: counted once"
+            in rep.markdown)
+
+
+def test_the_drift_figure_title_fits_one_panel():
+    from gtaseg.report.drift import DriftCurve, drift_figure
+
+    fig = drift_figure([DriftCurve("cub", "gta", 0.15, 1.0, [10, 20], [[1.0, 2.0], [3.0, 4.0]])])
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    title = fig._suptitle.get_window_extent(renderer)
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width, (title, fig.bbox)

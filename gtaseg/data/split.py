@@ -15,6 +15,8 @@ class Split:
     samples: list[tuple[str, int]]
     classes: list[str]
     masks: list[str | None] | None = field(default=None)
+    # How many images the split was sampled from (gtaseg.data.sampling); None for a split as listed.
+    drawn_from: int | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.masks is not None and len(self.masks) != len(self.samples):

@@ -8,13 +8,15 @@ from tqdm import tqdm
 
 
 @torch.inference_mode()
-def topk_accuracy(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "accuracy") -> dict[str, float]:
-    """``{"top1", "top5", "count"}`` in percent; top-5 is top-k with k = number of classes when fewer than 5."""
+def topk_accuracy(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "accuracy",
+                  total: int | None = None) -> dict[str, float]:
+    """``{"top1", "top5", "count"}`` in percent; top-5 is top-k with k = number of classes when fewer than 5.
+    ``total``: the number of batches, for the progress bar, where ``loader`` has no length."""
     # Counts stay on the device until the end: one host sync per evaluation, not per batch.
     correct1 = torch.zeros((), dtype=torch.long, device=device)
     correct5 = torch.zeros((), dtype=torch.long, device=device)
     count = 0
-    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    for images, labels in tqdm(loader, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(images)

@@ -6,6 +6,8 @@ scores a saved model through the same :func:`split_accuracy`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -28,7 +30,7 @@ def split_accuracy(model: nn.Module, info: ModelInfo, split: Split, *, image_siz
     dataset = eval_dataset(split, image_size, crop_pct, info.mean, info.std)
     batches = eval_batches(dataset, batch_size, workers, bad_images, data, pin_memory=device.type == "cuda")
     model.eval()
-    return topk_accuracy(model, batches, device, desc=desc)
+    return topk_accuracy(model, batches, device, desc=desc, total=math.ceil(len(dataset) / batch_size))
 
 
 class DriftProbe:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gtaseg.methods import METHODS
+from gtaseg.methods import METHODS, lam_text
 from gtaseg.report.labels import DATASET_TITLES, method_order, rate_header
 from gtaseg.report.metrics import ATTENTION, TOP1, VAL_TOP1, Metric
 from gtaseg.report.runs import Run
@@ -76,9 +76,8 @@ def settings_markdown(*tables: Table) -> str:
              "|---|---:|---|---:|---:|---|---:|---:|---|"]
     for table in tables:
         for _, c in table.filled():
-            has_lam = c.method in METHODS and METHODS[c.method].default_lam
             val, test = (fmt_cell(c, 0, m) for m in (VAL_TOP1, TOP1))
-            lines.append(f"| {c.protocol.name} | {rate_header(c.rate)} | {c.method} | {f'{c.lam:g}' if has_lam else '–'} "
+            lines.append(f"| {c.protocol.name} | {rate_header(c.rate)} | {c.method} | {lam_text(c.method, c.lam)} "
                          f"| {'' if c.lr is None else f'{c.lr:g}'} | {c.protocol.selected_on} | {val} | {test} "
                          f"| {','.join(str(x) for x in c.seeds)} |")
     return "\n".join(lines)
