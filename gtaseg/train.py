@@ -26,7 +26,7 @@ from gtaseg.data.pipeline import (BadImages, Batches, has_validation, run_split,
                                   train_split as load_train_split)
 from gtaseg.data.split import Split
 from gtaseg.errors import CheckpointError, GtasegError
-from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy
+from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy, split_scores
 from gtaseg.methods import METHODS
 from gtaseg.models import ModelInfo, load_model, save_model
 from gtaseg.objective import Objective, check_source, renormalizer
@@ -302,7 +302,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     final = None
     if ctx.is_main:
         save_model(run.model, t.model, t.info)
-        final = evaluate(t, step)
+        final = evaluate(t, step, run)
         if t.bad_images.skipped:
             run.write_skipped(list(t.bad_images.skipped.values()))
         run.write_final(final)
@@ -326,12 +326,14 @@ def any_rank(flag: bool) -> bool:
     return float(distributed.all_reduce_mean({"flag": float(flag)})["flag"]) > 0
 
 
-def evaluate(t: Training, step: int) -> dict:
-    """What final.json holds: test (and validation) accuracy, the run's settings, and its attention quality."""
+def evaluate(t: Training, step: int, run: RunDir) -> dict:
+    """What final.json holds: test (and validation) accuracy, the run's settings, and its attention quality; the
+    test predictions behind that top-1 go into the run's test_predictions.csv."""
     cfg = t.cfg
     common = dict(image_size=cfg.image_size, crop_pct=cfg.eval_crop_pct, batch_size=cfg.batch_size,
                   workers=cfg.workers, device=t.device, bad_images=t.bad_images)
-    acc = split_accuracy(t.model, t.info, t.test_split, data=cfg.data, desc="eval test", **common)
+    acc, predictions = split_scores(t.model, t.info, t.test_split, data=cfg.data, desc="eval test", **common)
+    run.write_predictions(predictions)
     val = (split_accuracy(t.model, t.info, run_split(cfg, "val"), data=cfg.data, desc="eval val", **common)
            if has_validation(cfg.data, cfg.synthetic) else {})
     quality = attention_quality(t.model, t.info, t.test_split, data=cfg.data, image_size=cfg.image_size,
