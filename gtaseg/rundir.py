@@ -10,17 +10,21 @@ Training writes them; resume, sweep and report read them. Layout::
     model.safetensors    the fine-tuned weights with their ModelInfo (gtaseg.models)
     best.safetensors     --keep best: the weights of the best validation top-1 so far
     skipped_images.txt   the unreadable files met with --on-bad-image skip, one reason per line
+    test_predictions.csv one "id,label,predicted" row per scored test image, in split order (class names; the id
+                         is the image's path relative to the folder that holds all the test split's images)
     final.json           written last: a run is finished iff it exists
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gtaseg.config import ADDED_OPTIONS, FIELDS, RESUME_OPTIONS, TrainConfig
 from gtaseg.errors import GtasegError
@@ -35,12 +39,31 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.safetensors"
 BEST = "best.safetensors"
 SKIPPED = "skipped_images.txt"
+PREDICTIONS = "test_predictions.csv"
 FINAL = "final.json"
 # The keys of final.json that are wall-clock times: the only ones that differ between two runs of one config.
 WALL_CLOCK = ("train_seconds", "eval_seconds")
 # The key of config.json that holds what λ means in the other reduction: derived, not an option, so a resumed
 # run's config ignores it.
 CONFIG_NOTE = "lam_conversion"
+
+
+class Prediction(NamedTuple):
+    """A row of test_predictions.csv: one scored test image."""
+
+    id: str
+    label: str  # the true class's name
+    predicted: str  # the top-1 class's name
+
+
+def prediction_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The ids of a split's images: each path relative to the folder that holds all of them, so that runs of the
+    same data pair up wherever the data lay (another machine, another cache)."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        return []
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    return [p.relative_to(root).as_posix() for p in paths]
 
 
 class RunDir:
@@ -180,6 +203,28 @@ class RunDir:
 
     def write_skipped(self, reasons: Sequence[str]) -> None:
         write_text(self.path / SKIPPED, "".join(f"{r}\n" for r in reasons))
+
+    def write_predictions(self, rows: Sequence[Prediction]) -> None:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(Prediction._fields)
+        w.writerows(rows)
+        write_text(self.path / PREDICTIONS, buf.getvalue())
+
+    def predictions(self) -> list[Prediction] | None:
+        """test_predictions.csv's rows; None for a run without the file (written before runs saved it)."""
+        path = self.path / PREDICTIONS
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        reader = csv.reader(io.StringIO(text))
+        if next(reader, None) != list(Prediction._fields):
+            raise GtasegError(f"{path}: not a gtaseg predictions file (header {','.join(Prediction._fields)})")
+        try:
+            return [Prediction(*row) for row in reader]
+        except TypeError:
+            raise GtasegError(f"{path}: a row without {len(Prediction._fields)} fields") from None
 
     def write_final(self, final: dict) -> None:
         write_json(self.path / FINAL, final)

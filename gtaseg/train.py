@@ -27,7 +27,7 @@ from gtaseg.data.pipeline import BadImages, Batches, eval_batches, eval_dataset,
 from gtaseg.data.sampling import describe_sample, realised_fraction
 from gtaseg.data.split import Split
 from gtaseg.errors import CheckpointError, GtasegError
-from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy
+from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy, split_scores
 from gtaseg.head_probe import head_features, probe_head
 from gtaseg.methods import METHODS
 from gtaseg.models import ModelInfo, check_image_size, check_model_options, load_model, save_model, set_drop_path
@@ -401,7 +401,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool) -> dict:
         if best is not None:  # the end of run scores, and model.safetensors keeps, the step chosen on validation
             t.model.load_state_dict(load_model(str(best.path))[0].state_dict())
         save_model(run.model, t.model, t.info)
-        final = evaluate(t, step, best)
+        final = evaluate(t, step, run, best)
         if t.bad_images.skipped:
             run.write_skipped(list(t.bad_images.skipped.values()))
         run.write_final(final)
@@ -425,13 +425,15 @@ def any_rank(flag: bool) -> bool:
     return float(distributed.all_reduce_mean({"flag": float(flag)})["flag"]) > 0
 
 
-def evaluate(t: Training, step: int, best: BestWeights | None = None) -> dict:
+def evaluate(t: Training, step: int, run: RunDir, best: BestWeights | None = None) -> dict:
     """What final.json holds: test (and validation) accuracy, the run's settings, its attention quality, and the
-    wall-clock seconds of the training (since the run was built) and of this evaluation."""
+    wall-clock seconds of the training (since the run was built) and of this evaluation; the test predictions
+    behind that top-1 go into the run's test_predictions.csv."""
     cfg, started = t.cfg, time.perf_counter()
     common = dict(image_size=cfg.image_size, crop_pct=cfg.eval_crop_pct, batch_size=cfg.batch_size,
                   workers=cfg.workers, device=t.device, bad_images=t.bad_images)
-    acc = split_accuracy(t.model, t.info, t.test_split, data=cfg.data, desc="eval test", **common)
+    acc, predictions = split_scores(t.model, t.info, t.test_split, data=cfg.data, desc="eval test", **common)
+    run.write_predictions(predictions)
     val = (split_accuracy(t.model, t.info, t.val_split, data=cfg.data, desc="eval val", **common)
            if t.val_split is not None else {})
     quality = attention_quality(t.model, t.info, t.test_split, data=cfg.data, image_size=cfg.image_size,

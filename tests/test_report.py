@@ -199,7 +199,8 @@ def test_report_cli_and_out(runs, tmp_path):
     res = CliRunner().invoke(main, ["report", str(runs), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "Table 2" in res.output and "72.00 ± 2.65" in res.output
-    assert {p.name for p in out.iterdir()} == {"report.md", "table2.csv", "figure4.png", "figure4.csv", "runs.csv"}
+    assert {p.name for p in out.iterdir()} == {"report.md", "table2.csv", "paired.csv", "figure4.png", "figure4.csv",
+                                               "runs.csv"}
     assert len(read_csv(out / "runs.csv")) == 24
 
 
