@@ -98,7 +98,7 @@ class TrainConfig:
                                   "remaining steps (0: none).", minimum=0)
     layer_decay: float = option(1.0, "Layer-wise lr decay (timm's param_groups_layer_decay, as in BEiT/DeiT "
                                      "fine-tuning): block i of L learns at lr·decay^(L−i), the embeddings at "
-                                     "lr·decay^(L+1), the head at its own lr (1: off).",
+                                     "lr·decay^(L+1), the final norm at lr·decay, the head at its own lr (1: off).",
                                 minimum=0, maximum=1, min_open=True)
     drop_path: float = option(0.0, "Stochastic depth: drop rate of the last block's residual branches, rising "
                                    "linearly from 0 at the first (timm's rule; 0: off).", minimum=0, maximum=1,

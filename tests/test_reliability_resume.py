@@ -256,3 +256,27 @@ def test_resume_after_dropped_batches_continues_the_stream_where_it_stood(tmp_pa
     monkeypatch.setattr(Objective, "loss", loss)
     assert run_in_process("train", "--resume", out).exit_code == 0
     assert_same_run(out, reference)
+
+
+RECIPE = ["--val-fraction", "0.34", "--head-init", "probe", "--eval-every", "4", "--keep", "best", "--warmup-steps",
+          "3", "--drop-path", "0.1", "--label-smoothing", "0.1", "--layer-decay", "0.8"]
+
+
+def test_resume_with_the_recipe_options_matches_an_uninterrupted_run(tiny_folder, tmp_path):
+    """Warmup, layer decay, drop path (torch's RNG), label smoothing, the held-out validation split, the probed head,
+    validation rows and the best weights all come back after a SIGTERM exactly as in a run never stopped."""
+    reference = tmp_path / "reference"
+    code, _, stderr = finish(start(tiny_folder, reference, *RECIPE))
+    assert code == 0, stderr[-3000:]
+    out = tmp_path / "run"
+    proc = start(tiny_folder, out, *RECIPE)
+    wait_for_rows(proc, out, 4)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, _, stderr = finish(proc)
+    assert code == 143, stderr[-3000:]
+    code, _, stderr = resume(out)
+    assert code == 0, stderr[-3000:]
+    assert_same_run(out, reference)
+    assert (out / "val_files.txt").read_text() == (reference / "val_files.txt").read_text()
+    final = json.loads((out / "final.json").read_text())
+    assert final["head_init"] == "probe" and final["val_origin"] == "held out" and final["best_step"] is not None
