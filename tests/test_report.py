@@ -288,3 +288,11 @@ def test_the_drift_figure_title_fits_one_panel():
     fig.canvas.draw()
     title = fig._suptitle.get_window_extent(renderer)
     assert title.x0 >= 0 and title.x1 <= fig.bbox.width, (title, fig.bbox)
+
+
+def test_the_baseline_from_a_probed_head_is_its_own_row_lp_ft():
+    from gtaseg.report.runs import Run
+
+    assert Run("a", {"method": "baseline", "head_init": "probe"}, {}).method == "lp-ft"
+    assert Run("b", {"method": "baseline"}, {}).method == "baseline"  # older runs: timm's head
+    assert Run("c", {"method": "gta", "head_init": "probe"}, {}).method == "gta"

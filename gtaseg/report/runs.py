@@ -14,6 +14,9 @@ from gtaseg.sweep.naming import path_name
 from gtaseg.sweep.state import SWEEP_RECORD
 
 
+LP_FT = "lp-ft"
+
+
 @dataclass
 class Run:
     name: str  # the run folder, relative to the runs dir, with '/' separators
@@ -23,7 +26,12 @@ class Run:
 
     @property
     def method(self) -> str:
-        return self.config.get("method", self.final.get("method"))
+        """The report's row: the method, and ``lp-ft`` for the baseline with its head started from a linear probe
+        (Kumar et al.'s LP-FT, a rival of its own)."""
+        method = self.config.get("method", self.final.get("method"))
+        if method == "baseline" and self.config.get("head_init", ADDED_OPTIONS["head_init"]) == "probe":
+            return LP_FT
+        return method
 
     @property
     def lam(self) -> float:
