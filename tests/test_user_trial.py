@@ -17,19 +17,11 @@ TRAIN = [*TINY_TRAIN, "--accum-steps", "1", "--steps", "2"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+from tests.test_reliability_inputs import one_line_error  # noqa: E402
+
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
 
 
 # ------------------------------------------------------------------------------------------- --help

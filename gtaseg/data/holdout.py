@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 
 from gtaseg.data.split import Split
 
@@ -14,12 +13,8 @@ def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     whole in ``train``."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for i, (_, label) in enumerate(split.samples):
-        by_class[label].append(i)
     held = []
-    for label in sorted(by_class):
-        idx = sorted(by_class[label], key=lambda i: split.samples[i][0])
+    for label, idx in split.by_class().items():
         k = min(max(1, round(fraction * len(idx))), len(idx) - 1)
         # Its own stream ("val:"), so the held-out images are not those --sampling-rate would draw first.
         held.extend(random.Random(f"val:{seed}:{label}").sample(idx, k))

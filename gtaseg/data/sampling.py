@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import defaultdict
 from dataclasses import replace
 
 from gtaseg.data.split import Split
@@ -19,12 +18,8 @@ def stratified_subset(split: Split, rate: float, seed: int) -> Split:
     """
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"sampling rate must be in (0, 1], got {rate}")
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for i, (_, label) in enumerate(split.samples):
-        by_class[label].append(i)
     keep = []
-    for label in sorted(by_class):
-        idx = sorted(by_class[label], key=lambda i: split.samples[i][0])
+    for label, idx in split.by_class().items():
         k = max(1, math.ceil(rate * len(idx) - 1e-9))
         keep.extend(random.Random(f"{seed}:{label}").sample(idx, k))
     return replace(split.subset(sorted(keep)), drawn_from=len(split))
