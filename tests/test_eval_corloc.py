@@ -1,7 +1,9 @@
 """CorLoc: boxes from hand-made patch masks and attention, LOST's component search against a literal
 transcription, ground truth from XML and from masks, eval-corloc end to end, the horse photos, and the XML of
 real VOC 2012 photos."""
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -342,3 +344,24 @@ def test_real_voc_corloc_counts_every_xml_object(voc12_root, tmp_path):
     assert report["corloc"]["images"] == 8 and report["corloc"]["without_boxes"] == []
     expected = {s.id: len(s.boxes()) for s in voc_box_samples(voc12_root, "trainval", limit=8)}
     assert {r["id"]: r["gt_boxes"] for r in report["per_image"]} == expected
+
+
+def test_no_model_baselines_on_real_voc_xml(voc12_root, tmp_path):
+    """eval/corloc_baselines.py: the whole frame is correct exactly where one ground-truth box covers more than
+    half of it (a box inside the frame has IoU area/frame), counted here from the XML by hand."""
+    path = Path(__file__).resolve().parents[1] / "eval" / "corloc_baselines.py"
+    spec = importlib.util.spec_from_file_location("corloc_baselines", path)
+    baselines = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baselines)
+    assert baselines.baseline_boxes(224, 0.75)["centre"] == (28.0, 28.0, 196.0, 196.0)
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(baselines.main, ["--voc-root", str(voc12_root), "--split", "trainval",
+                                                 "--image-size", "224", "--limit", "40", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = json.loads(out.read_text())["corloc"]["frame"]
+    covering = 0
+    for s in voc_box_samples(voc12_root, "trainval", limit=40):
+        with Image.open(s.image) as img:
+            boxes = to_frame(s.boxes(), (img.height, img.width), Geometry(224, 14))
+        covering += bool((((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) > 0.5 * 224 ** 2).any())
+    assert (frame["correct"], frame["images"]) == (covering, 40)
