@@ -81,6 +81,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()  # before the rounds: other jobs on the machine are what it tells
     device = pick_device(args.device)
     samples = voc_samples(args.voc_root, args.split, args.limit)
     model, info = load_model(args.ckpt)
@@ -105,7 +106,8 @@ def main(argv=None) -> dict:
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                         "threads": torch.get_num_threads(), "cpu_cores": os.cpu_count(),
-                        "load_average_at_start": os.getloadavg(), "precision": "fp32"},
+                        "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
+                        "precision": "fp32"},
         "rounds": rounds,
         "median": med,
         "target": {"min_ratio": args.min_ratio, "met": None if args.min_ratio is None else med["ratio"] >= args.min_ratio},
