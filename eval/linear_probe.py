@@ -14,7 +14,6 @@ from dataclasses import asdict
 
 import click
 import torch
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -24,6 +23,7 @@ from gtaseg.data.split import Split
 from gtaseg.data.synthetic import MAX_SPOTS, SyntheticConfig, generate, synthetic_split
 from gtaseg.data.transforms import eval_transform
 from gtaseg.errors import GtasegError
+from gtaseg.head_probe import fit_probe
 from gtaseg.io import write_json
 from gtaseg.models.build import load_model
 
@@ -46,22 +46,6 @@ def features(model: torch.nn.Module, split: Split, transform, batch_size: int = 
         parts = [tokens[:, 0]] + ([tokens[:, model.num_prefix_tokens:].mean(1)] if kind == "cls+mean" else [])
         out.append(torch.cat(parts, dim=1))
     return torch.cat(out)
-
-
-def fit_probe(x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights and bias of the L2-penalised softmax regression, solved to convergence from zero."""
-    w = torch.zeros(x.shape[1], int(y.max()) + 1, requires_grad=True)
-    b = torch.zeros(w.shape[1], requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w + b, y) + weight_decay * w.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach(), b.detach()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

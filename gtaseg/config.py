@@ -13,15 +13,16 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from gtaseg.errors import GtasegError
-from gtaseg.methods import METHODS
-from gtaseg.regularizers import REDUCTIONS
+from gtaseg.methods import METHODS, REDUCTIONS
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
+HEAD_INITS = ("timm", "probe")
+KEEP_CHOICES = ("last", "best")
 
 
 def option(default: Any = None, help: str = "", *, flags: tuple[str, ...] = (), kind: str = "value",
            choices: tuple[str, ...] | None = None, minimum: float | None = None, maximum: float | None = None,
-           min_open: bool = False, directory: bool = False, neutral: bool = False, resumable: bool = False,
+           min_open: bool = False, max_open: bool = False, directory: bool = False, neutral: bool = False, resumable: bool = False,
            cli: bool = True, preset: bool = False) -> Any:
     """A :class:`TrainConfig` field with its command-line description.
 
@@ -31,7 +32,7 @@ def option(default: Any = None, help: str = "", *, flags: tuple[str, ...] = (), 
     ``resumable``: it may differ when a stopped run resumes. ``preset``: ``None`` is filled from the data's
     preset. ``cli=False``: settable in configs and sweeps only."""
     meta = dict(help=help, flags=flags, kind=kind, choices=choices, minimum=minimum, maximum=maximum,
-                min_open=min_open, directory=directory, neutral=neutral, resumable=resumable, cli=cli, preset=preset)
+                min_open=min_open, max_open=max_open, directory=directory, neutral=neutral, resumable=resumable, cli=cli, preset=preset)
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -69,6 +70,11 @@ class TrainConfig:
                                    directory=True, neutral=True)
     synthetic: dict = option({}, "Options of the synthetic generator, e.g. --synthetic shortcut=0.9 (see "
                                  "data/SYNTHETIC.md).", kind="pairs")
+    val_fraction: float = option(
+        0.0, "Hold out this fraction of each class's training images as a validation split (seeded by --seed, at "
+        "least one image a class), taken before --sampling-rate so the validation images never depend on the rate; "
+        "the list goes to val_files.txt. For data without a validation split of its own (the named datasets, an "
+        "ImageFolder without val/); 0: none.", minimum=0, maximum=1, max_open=True)
     sampling_rate: float = option(1.0, "Fraction of each class's training images kept (paper: 0.15, 0.3, 0.5, 1.0).",
                                   minimum=0, maximum=1, min_open=True)
     seed: int = option(0, "Seed of sampling, data order, augmentation and the new head.")
@@ -77,8 +83,28 @@ class TrainConfig:
     accum_steps: int | None = option(None, "Micro-batches per optimizer step (effective batch = batch size × this).",
                                      minimum=1, preset=True)
     lr: float | None = option(None, "AdamW peak learning rate (cosine schedule to 0).", preset=True)
-    head_lr_scale: float | None = option(None, "The new classifier head's lr as a multiple of --lr.", preset=True)
+    head_lr_scale: float | None = option(
+        None, "The new classifier head's lr as a multiple of --lr. A fresh head starts at chance, and at a backbone "
+        "lr small enough to keep the pretrained features (1e-5 to 1e-4 at small batches) it stays near chance for "
+        "hundreds of steps: raise this (the synthetic preset uses 100), or start the head from a linear probe "
+        "(--head-init probe).", preset=True)
+    head_init: str = option(
+        "timm", "The new classifier head at step 0. timm: timm's own initialisation. probe: a linear probe fitted on "
+        "the frozen starting backbone's [cls] features of the training images (eval transform, no augmentation; "
+        "deterministic L-BFGS logistic regression with a small weight decay), then every method fine-tunes from it "
+        "(LP-FT, Kumar et al. 2022, with --method baseline).", choices=HEAD_INITS)
     weight_decay: float = option(0.05, "AdamW weight decay (not applied to biases and norms).")
+    warmup_steps: int = option(0, "Steps of linear lr warmup from lr/N to the peak, then the cosine over the "
+                                  "remaining steps (0: none).", minimum=0)
+    layer_decay: float = option(1.0, "Layer-wise lr decay (timm's param_groups_layer_decay, as in BEiT/DeiT "
+                                     "fine-tuning): block i of L learns at lr·decay^(L−i), the embeddings at "
+                                     "lr·decay^(L+1), the final norm at lr·decay, the head at its own lr (1: off).",
+                                minimum=0, maximum=1, min_open=True)
+    drop_path: float = option(0.0, "Stochastic depth: drop rate of the last block's residual branches, rising "
+                                   "linearly from 0 at the first (timm's rule; 0: off).", minimum=0, maximum=1,
+                              max_open=True)
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy (0: off).", minimum=0, maximum=1,
+                                    max_open=True)
     image_size: int | None = option(None, "Training resolution.", minimum=16, preset=True)
     crop_scale: tuple[float, float] | None = option(None, "RandomResizedCrop scale range.", cli=False, preset=True)
     eval_crop_pct: float | None = option(None, "Centre-crop fraction at evaluation.", cli=False, preset=True)
@@ -89,6 +115,12 @@ class TrainConfig:
                                  resumable=True)
     device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1, ...", neutral=True, resumable=True)
     log_every: int = option(10, "Steps between metrics.jsonl rows.", minimum=1, neutral=True)
+    eval_every: int = option(0, "Steps between validation top-1/top-5 evaluations, written to metrics.jsonl as "
+                                "val_top1/val_top5 rows (also at the last step); needs a validation split (val/, "
+                                "--val-fraction, or --synthetic val_per_class=N). 0: only at the end.", minimum=0)
+    keep: str = option("last", "The weights model.safetensors keeps and the end of run scores: last, or best (the "
+                               "step with the highest validation top-1 of --eval-every, chosen on validation only; "
+                               "final.json gives best_step).", choices=KEEP_CHOICES)
     compile: bool = option(False, "torch.compile the target's and the source's forward (the first steps pay the "
                                   "compile time; see bench/RESULTS.md).", kind="flag", neutral=True)
     ckpt_every: int = option(500, "Steps between checkpoints (checkpoint.pt in the run directory, written atomically; "
@@ -96,7 +128,7 @@ class TrainConfig:
                              minimum=0, neutral=True, resumable=True)
     on_bad_image: str = option("stop", "An unreadable image file (truncated, not an image): stop with its name, or "
                                        "skip it and count it (final.json, skipped_images.txt).",
-                               choices=BAD_IMAGE_POLICIES)
+                               choices=BAD_IMAGE_POLICIES, resumable=True)
     tensorboard: bool = option(False, "Also log every metrics.jsonl row as TensorBoard scalars into <out>/tensorboard "
                                       "(view with tensorboard --logdir <out or runs dir>; needs pip install "
                                       "'gtaseg[tensorboard]').", kind="flag", neutral=True)
@@ -119,8 +151,11 @@ RESULT_NEUTRAL = tuple(name for name, f in FIELDS.items() if f.metadata["neutral
 # Settings that may change when a stopped run resumes (the rest must match its config.json).
 RESUME_OPTIONS = tuple(name for name, f in FIELDS.items() if f.metadata["resumable"])
 # Options added after runs were written, with the value a config (or checkpoint) without them implies: runs from
-# before --lam-reduction summed their term, and none logged to TensorBoard.
-ADDED_OPTIONS = {"lam_reduction": "sum", "tensorboard": False}
+# before --lam-reduction summed their term, and none logged to TensorBoard, held out a validation fraction,
+# probed its head, warmed up, decayed by layer, dropped paths, smoothed labels or evaluated while training.
+ADDED_OPTIONS = {"lam_reduction": "sum", "tensorboard": False, "val_fraction": 0.0, "head_init": "timm",
+                 "warmup_steps": 0, "layer_decay": 1.0, "drop_path": 0.0, "label_smoothing": 0.0, "eval_every": 0,
+                 "keep": "last"}
 
 
 def preset_name(data: str) -> str:
@@ -145,7 +180,13 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         cfg.lam = METHODS[cfg.method].default_lam
     cfg.source = cfg.source or cfg.init
     cfg.crop_scale = tuple(cfg.crop_scale)
-    for name in ("lam_reduction", "on_bad_image"):
+    # Every formula would take these, and silently turn the option around (a negative λ pushes the attention away
+    # from the source); the preset fills some of them, so they are checked here rather than by click.
+    for name, positive in (("lam", False), ("weight_decay", False), ("lr", True), ("head_lr_scale", True)):
+        value = getattr(cfg, name)
+        if not (value > 0 if positive else value >= 0):
+            raise GtasegError(f"{flag_of(name)} {value:g}: must be {'above 0' if positive else '0 or more'}")
+    for name in ("lam_reduction", "on_bad_image", "head_init", "keep"):
         choices = FIELDS[name].metadata["choices"]
         if getattr(cfg, name) not in choices:
             raise GtasegError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: choose {' or '.join(choices)}")
@@ -153,6 +194,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         from gtaseg.data.synthetic import SyntheticConfig
 
         SyntheticConfig.from_options(cfg.synthetic)
+    if cfg.warmup_steps >= cfg.steps:
+        raise GtasegError(f"--warmup-steps {cfg.warmup_steps} leaves no step of the cosine schedule; use fewer "
+                          f"than --steps {cfg.steps}")
+    if cfg.keep == "best" and not cfg.eval_every:
+        raise GtasegError("--keep best chooses among the --eval-every evaluations on validation; set --eval-every N")
     if cfg.tensorboard:
         from gtaseg.tensorboard import require
 

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # torch only for the annotation: the CLI reads METHODS for --help without importing torch
+    from torch import nn
+
+# How gta, guide-block and guide-msa reduce their term over its entries (gtaseg.regularizers.guidance_l2).
+REDUCTIONS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
@@ -44,3 +49,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("cls-distill", "attention transfer on the [cls] query's row only: GTA's row as probabilities, "
            "cross-entropy instead of L2 on logits", 3.0, needs_source=True, guide="cls-probs"),
 ]}
+
+
+def lam_text(method: str, lam: float) -> str:
+    """λ as printed: "–" for a method without an extra term (baseline, attn-only, ...), whose λ weighs nothing."""
+    return f"{lam:g}" if method in METHODS and METHODS[method].default_lam else "–"

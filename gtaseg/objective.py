@@ -85,12 +85,13 @@ class Objective:
     ``renormalize``: maps the target's input to the source's normalisation (:func:`renormalizer`).
     ``autocast``: the dtype both forwards run in under ``torch.autocast`` (None: full precision); the guided
     [cls] logits are computed in fp32 either way (gtaseg.attention).
+    ``label_smoothing``: ε of the cross-entropy's targets, (1 − ε)·y + ε/K, TransMix's mixed targets included.
     """
 
     def __init__(self, target: nn.Module, method: Method, *, source: nn.Module | None = None, lam: float = 0.0,
                  reduction: str = "mean", blocks: Sequence[int] | None = None, transmix: TransMix | None = None,
                  patch_size: int | None = None, renormalize: Callable[[Tensor], Tensor] | None = None,
-                 autocast: torch.dtype | None = None):
+                 autocast: torch.dtype | None = None, label_smoothing: float = 0.0):
         if method.needs_source and source is None:
             raise ValueError(f"method {method.name} needs a source model")
         self.target, self.method, self.source = target, method, source
@@ -98,7 +99,7 @@ class Objective:
         self.guided = resolve_blocks(target, blocks)
         self.last_block = len(target.blocks) - 1
         self.patch_size = patch_size or target.patch_embed.patch_size[0]
-        self.renormalize, self.autocast = renormalize, autocast
+        self.renormalize, self.autocast, self.label_smoothing = renormalize, autocast, label_smoothing
         # L2-SP's starting point: the backbone as it is now (the new head has none).
         self.reference = ({n: p.detach().clone() for n, p in target.named_parameters()
                            if p.requires_grad and not n.startswith("head.")} if method.name == "l2sp" else None)
@@ -157,9 +158,11 @@ class Objective:
         if mixed is not None:
             grid = tuple(s // self.patch_size for s in images.shape[-2:])
             targets = self.transmix.soft_targets(mixed, cap.cls_attention(self.last_block), grid)
+            if self.label_smoothing:
+                targets = targets * (1 - self.label_smoothing) + self.label_smoothing / targets.shape[-1]
             ce = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
         else:
-            ce = F.cross_entropy(logits.float(), labels)
+            ce = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         reg = self.term(cap, src, features)
         return ce + self.lam * reg, {"ce": ce.detach(), "reg": reg.detach()}
 

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-
-REDUCTIONS = ("mean", "sum")
+from gtaseg.methods import REDUCTIONS
 
 
 def guidance_entries(target: Sequence[Tensor] | Tensor) -> int:

@@ -8,6 +8,7 @@ torchrun's ranks on the last one. Under torchrun every rank calls :func:`train`;
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -22,16 +23,17 @@ from tqdm import tqdm
 from gtaseg import distributed
 from gtaseg.checkpointing import load_state, restore, save_checkpoint, set_rng_state
 from gtaseg.config import TrainConfig, changed_options, resolve
-from gtaseg.data.pipeline import (BadImages, Batches, has_validation, run_split, train_dataset,
-                                  train_split as load_train_split)
+from gtaseg.data.pipeline import BadImages, Batches, eval_batches, eval_dataset, load_run_splits, train_dataset
+from gtaseg.data.sampling import describe_sample, realised_fraction
 from gtaseg.data.split import Split
 from gtaseg.errors import CheckpointError, GtasegError
-from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy
+from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy, split_scores
+from gtaseg.head_probe import head_features, probe_head
 from gtaseg.methods import METHODS
-from gtaseg.models import ModelInfo, load_model, save_model
+from gtaseg.models import ModelInfo, check_image_size, check_model_options, load_model, save_model, set_drop_path
 from gtaseg.objective import Objective, check_source, renormalizer
 from gtaseg.optim import build_optimizer, build_scheduler
-from gtaseg.rundir import CONFIG, RunDir
+from gtaseg.rundir import BEST, CONFIG, VAL_FILES, RunDir
 from gtaseg.stopping import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
 from gtaseg.transmix import TransMix
 
@@ -46,6 +48,8 @@ class Training:
     cfg: TrainConfig
     device: torch.device
     train_split: Split
+    val_split: Split | None  # None: the data has no validation split
+    val_origin: str | None  # "val" (the data's own) or "held out" (--val-fraction)
     test_split: Split
     model: nn.Module  # the target, bare: the optimizer, saving and evaluation use it
     info: ModelInfo
@@ -55,10 +59,20 @@ class Training:
     bad_images: BadImages
     probe: DriftProbe
     train_set: torch.utils.data.Dataset
+    probe_top1: float | None  # --head-init probe: the probe's top-1 on the training images
+    # When the run was built (this process's start; after a resume, the resume's): final.json's train_seconds.
+    started: float = field(default_factory=time.perf_counter)
 
     @property
     def classes(self) -> list[str]:
         return self.train_split.classes
+
+    def batches(self, drawn: int = 0) -> Batches:
+        """The training stream of this rank, after ``drawn`` micro-batches."""
+        ctx = distributed.current()
+        return Batches(self.train_set, batch_size=self.cfg.batch_size, seed=self.cfg.seed, workers=self.cfg.workers,
+                       bad_images=self.bad_images, data=self.cfg.data, drawn=drawn, rank=ctx.rank,
+                       world_size=ctx.world_size, pin_memory=self.device.type == "cuda")
 
 
 def build_training(cfg: TrainConfig) -> Training:
@@ -71,14 +85,23 @@ def build_training(cfg: TrainConfig) -> Training:
     method = METHODS[cfg.method]
 
     # ------------------------------------------------------------------------------------ data
-    split = load_train_split(cfg)
-    classes = split.classes
+    splits = load_run_splits(cfg.data, data_root=cfg.data_root, synthetic=cfg.synthetic,
+                             val_fraction=cfg.val_fraction, sampling_rate=cfg.sampling_rate, seed=cfg.seed)
+    split, classes = splits.train, splits.train.classes
+    if cfg.eval_every and splits.val is None:
+        raise GtasegError(f"--eval-every needs a validation split: {cfg.data} has none (add --val-fraction F, "
+                          f"a val/ folder, or --synthetic val_per_class=N)")
+    bad_images = BadImages(cfg.on_bad_image)
 
     # -------------------------------------------------------------------------------- networks
     model, info = load_model(cfg.init, arch=cfg.arch, num_classes=len(classes))
     # The run's eval settings travel with the weights, so that eval-acc reproduces final.json.
     info = replace(info, classes=classes, image_size=cfg.image_size, eval_crop_pct=cfg.eval_crop_pct)
+    check_image_size(cfg.image_size, info.patch_size)  # weights whose spec does not name their architecture
     model.to(device).train()
+    probe_top1 = None
+    if cfg.head_init == "probe":
+        probe_top1 = fit_head(model, info, split, cfg, device, bad_images)
     method.freeze(model)
     source, renormalize = None, None
     if method.needs_source:
@@ -91,29 +114,43 @@ def build_training(cfg: TrainConfig) -> Training:
             check_source(model, info, source, source_info)
             renormalize = renormalizer(info, source_info)
         source.to(device).eval().requires_grad_(False)
+    set_drop_path(model, cfg.drop_path)  # after the copy: the source runs in eval mode, where it does nothing
 
     # ------------------------------------------------------------------------------- objective
     objective = Objective(model, method, source=source, lam=cfg.lam, reduction=cfg.lam_reduction, blocks=cfg.blocks,
                           transmix=TransMix(len(classes), seed=cfg.seed) if cfg.transmix else None,
                           patch_size=info.patch_size, renormalize=renormalize,
-                          autocast=torch.bfloat16 if device.type == "cuda" else None)
+                          autocast=torch.bfloat16 if device.type == "cuda" else None,
+                          label_smoothing=cfg.label_smoothing)
     if ctx.enabled:
         objective.distribute(device)
     if cfg.compile:
         objective.compile()
 
     # ------------------------------------------------------------------------------- optimizer
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.head_lr_scale)
-    scheduler = build_scheduler(optimizer, cfg.steps)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.head_lr_scale, cfg.layer_decay)
+    scheduler = build_scheduler(optimizer, cfg.steps, cfg.warmup_steps)
 
     # -------------------------------------------------------------------- datasets, drift probe
-    bad_images = BadImages(cfg.on_bad_image)
-    train_set = train_dataset(split, cfg, info.mean, info.std)
-    test = run_split(cfg, "test")
-    probe = DriftProbe(model, info, test, image_size=cfg.image_size, crop_pct=cfg.eval_crop_pct, device=device,
-                       bad_images=bad_images)
-    return Training(cfg, device, split, test, model, info, objective, optimizer, scheduler, bad_images, probe,
-                    train_set)
+    train_set = train_dataset(split, image_size=cfg.image_size, mean=info.mean, std=info.std,
+                              crop_scale=cfg.crop_scale, randaugment=cfg.randaugment)
+    probe = DriftProbe(model, info, splits.test, image_size=cfg.image_size, crop_pct=cfg.eval_crop_pct,
+                       device=device, bad_images=bad_images)
+    return Training(cfg, device, split, splits.val, splits.val_origin, splits.test, model, info, objective,
+                    optimizer, scheduler, bad_images, probe, train_set, probe_top1)
+
+
+def fit_head(model: nn.Module, info: ModelInfo, split: Split, cfg: TrainConfig, device: torch.device,
+             bad_images: BadImages) -> float:
+    """``--head-init probe``: the head fitted on the starting backbone's features of the training images, under the
+    eval transform. Its loader's draw from torch's RNG is undone, so a run draws what it drew without it."""
+    dataset = eval_dataset(split, cfg.image_size, cfg.eval_crop_pct, info.mean, info.std)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        batches = eval_batches(dataset, cfg.batch_size, cfg.workers, bad_images, cfg.data,
+                               pin_memory=device.type == "cuda")
+        features, labels = head_features(model, tqdm(batches, total=-(-len(dataset) // cfg.batch_size),
+                                                     desc="probe head", unit="batch", leave=False), device)
+    return probe_head(model, features, labels)
 
 
 def optimizer_step(objective: Objective, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -149,9 +186,39 @@ class Interval:
         self.count += 1
 
 
+class BestWeights:
+    """``--keep best``: the weights of the evaluation with the highest validation top-1 so far, kept in the run's
+    best.safetensors (on disk, so that a resumed run still has them); saved and restored with the checkpoint."""
+
+    def __init__(self, path: Path):
+        self.path, self.step, self.val_top1 = path, None, None
+
+    def update(self, step: int, val_top1: float, model: nn.Module, info: ModelInfo) -> None:
+        if self.val_top1 is None or val_top1 > self.val_top1:  # ties keep the earlier step
+            save_model(self.path, model, info)
+            self.step, self.val_top1 = step, val_top1
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "val_top1": self.val_top1}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.val_top1 = state["step"], state["val_top1"]
+
+
+def validate(t: Training) -> dict[str, float]:
+    """Top-1/top-5 on the validation split, the model back in training mode after, and torch's RNG as it was
+    (a loader draws its seed from it), so that evaluating changes nothing the training would draw."""
+    with torch.random.fork_rng(devices=[t.device] if t.device.type == "cuda" else []):
+        acc = split_accuracy(t.model, t.info, t.val_split, image_size=t.cfg.image_size, crop_pct=t.cfg.eval_crop_pct,
+                             batch_size=t.cfg.batch_size, workers=t.cfg.workers, device=t.device,
+                             bad_images=t.bad_images, data=t.cfg.data, desc="eval val")
+    t.model.train()
+    return acc
+
+
 # ------------------------------------------------------------------------------------------ checkpoint
 
-def save(t: Training, run: RunDir, step: int, batches: Batches, interval: Interval) -> None:
+def save(t: Training, run: RunDir, step: int, batches: Batches, interval: Interval, best: BestWeights | None) -> None:
     """The whole training state into the run's checkpoint.pt (collectives on every rank; rank 0 writes)."""
     ctx = distributed.current()
     # The partial metrics sums become their mean over ranks: every rank resumes from that, and the interval's
@@ -170,7 +237,7 @@ def save(t: Training, run: RunDir, step: int, batches: Batches, interval: Interv
                 "count": interval.count},
         "skipped": dict(t.bad_images.skipped),
         "transmix_rng": transmix.rng.bit_generator.state if transmix is not None else None,
-    }, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler)
+    }, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, **({"best": best} if best else {}))
 
 
 def stream_draws(state: dict[str, Any], cfg: TrainConfig, path: Path) -> list[int]:
@@ -196,17 +263,20 @@ def verify_state(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
                               f"config.json")
 
 
-def resume_state(t: Training, run: RunDir) -> tuple[int, int, Interval, dict | None]:
+def resume_state(t: Training, run: RunDir, best: BestWeights | None) -> tuple[int, int, Interval, dict | None]:
     """Bring freshly built ``t`` to the stopped run's checkpoint (none: start again from step 0, which gives the
     same result). Returns the step, this rank's stream draws, the metrics interval, and the global RNG states to
     restore once the loader exists (creating it draws from torch's RNG)."""
     run.check_train_files(t.train_split.samples, t.classes)
+    if t.val_origin == "held out":
+        run.check_train_files(t.val_split.samples, t.classes, VAL_FILES)
     if not run.checkpoint.exists():
         return 0, 0, Interval(), None
     state = load_state(run.checkpoint)
     verify_state(state, t.cfg, run.checkpoint)
     draws = stream_draws(state, t.cfg, run.checkpoint)
-    restore(state, run.checkpoint, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler)
+    restore(state, run.checkpoint, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
+            **({"best": best} if best else {}))
     if t.objective.transmix is not None:
         t.objective.transmix.rng.bit_generator.state = state["transmix_rng"]
     t.bad_images.skipped = dict(state["skipped"])
@@ -220,29 +290,50 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     """Run a whole training job into ``out`` and return what ``final.json`` holds.
 
     ``resume``: ``out`` holds a run started with ``cfg`` (read it with :meth:`RunDir.resumed_config`); it
-    continues from its last checkpoint and ends with the same weights and metrics as a run never stopped."""
+    continues from its last checkpoint and ends with the same weights and metrics as a run never stopped.
+    A new run that stops before its first checkpoint (bad data or weights, an unreadable image, a non-finite
+    loss) leaves nothing in ``out``: there is nothing to resume, and the same command can take ``out`` again."""
     out, cfg = Path(out), resolve(cfg)  # bad options fail before the run directory exists
+    check_model_options(cfg.init, cfg.arch, cfg.image_size)
     run = RunDir(out)
-    created = distributed.setup(cfg.device)  # joins torchrun's ranks; a no-op in a single process
-    ctx = distributed.current()
     if (run / CONFIG).exists() and not resume:
         raise GtasegError(f"{out}: already holds a run (config.json); choose another --out, or --resume {out}")
+    if resume:
+        return _train(cfg, run, resume=True)
+    created = not out.exists()
+    try:
+        return _train(cfg, run, resume=False)
+    except BaseException:
+        if distributed.current().is_main and not run.checkpoint.exists():
+            run.discard(created)
+        raise
+
+
+def _train(cfg: TrainConfig, run: RunDir, resume: bool) -> dict:
+    """:func:`train` once ``cfg`` and ``run`` are checked: build, resume, the loop, evaluate."""
+    out = run.path
+    created = distributed.setup(cfg.device)  # joins torchrun's ranks; a no-op in a single process
+    ctx = distributed.current()
     distributed.barrier()  # every rank has looked for an old run before rank 0 writes the new one
-    out.mkdir(parents=True, exist_ok=True)
     t = build_training(cfg)
+    out.mkdir(parents=True, exist_ok=True)  # only once the run is built: a start that fails leaves no folder
+    if ctx.is_main:
+        tqdm.write(describe_sample(t.train_split, cfg.sampling_rate), file=sys.stderr)
+    best = BestWeights(run / BEST) if cfg.keep == "best" else None
 
     step, drawn, interval, rng, checkpoint_step = 0, 0, Interval(), None, None
     if resume:
-        step, drawn, interval, rng = resume_state(t, run)
+        step, drawn, interval, rng = resume_state(t, run, best)
         checkpoint_step = step if rng is not None else None
         if ctx.is_main:
             run.truncate_metrics(step)
     elif ctx.is_main:
         run.write_config(cfg, t.objective.lam_conversion(cfg.image_size))
         run.write_train_files(t.train_split.samples, t.classes)
+        if t.val_origin == "held out":
+            run.write_train_files(t.val_split.samples, t.classes, VAL_FILES)
 
-    batches = Batches(t.train_set, cfg, t.bad_images, drawn=drawn, rank=ctx.rank, world_size=ctx.world_size,
-                      pin_memory=t.device.type == "cuda")
+    batches = t.batches(drawn)
     if rng is not None:
         set_rng_state(rng)  # only now: building the loader drew from torch's RNG, as it did in the first run
     images_per_step = cfg.batch_size * cfg.accum_steps * ctx.world_size  # over all ranks
@@ -285,10 +376,16 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
                             tensorboard.write(row)
                     bar.set_postfix({k: row[k] for k in ("loss", "ce", "reg", "images_per_s")})
                     interval, t0 = Interval(), time.perf_counter()
+                if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps) and ctx.is_main:
+                    val = validate(t)
+                    run.append_metrics({"step": step, "val_top1": val["top1"], "val_top5": val["top5"]})
+                    if best is not None:
+                        best.update(step, val["top1"], t.model, t.info)
+                    t0 = time.perf_counter()  # the evaluation's time is not the training's images/s
                 stopping = stop_requested(stop, step)
                 if stopping or step == cfg.steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
                     check_finite()
-                    save(t, run, step, batches, interval)
+                    save(t, run, step, batches, interval, best)
                     checkpoint_step = step
                 if stopping:
                     raise Interrupted(stop.signum or 15, step, out)
@@ -301,8 +398,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
 
     final = None
     if ctx.is_main:
+        if best is not None:  # the end of run scores, and model.safetensors keeps, the step chosen on validation
+            t.model.load_state_dict(load_model(str(best.path))[0].state_dict())
         save_model(run.model, t.model, t.info)
-        final = evaluate(t, step)
+        final = evaluate(t, step, run, best)
         if t.bad_images.skipped:
             run.write_skipped(list(t.bad_images.skipped.values()))
         run.write_final(final)
@@ -326,20 +425,28 @@ def any_rank(flag: bool) -> bool:
     return float(distributed.all_reduce_mean({"flag": float(flag)})["flag"]) > 0
 
 
-def evaluate(t: Training, step: int) -> dict:
-    """What final.json holds: test (and validation) accuracy, the run's settings, and its attention quality."""
-    cfg = t.cfg
+def evaluate(t: Training, step: int, run: RunDir, best: BestWeights | None = None) -> dict:
+    """What final.json holds: test (and validation) accuracy, the run's settings, its attention quality, and the
+    wall-clock seconds of the training (since the run was built) and of this evaluation; the test predictions
+    behind that top-1 go into the run's test_predictions.csv."""
+    cfg, started = t.cfg, time.perf_counter()
     common = dict(image_size=cfg.image_size, crop_pct=cfg.eval_crop_pct, batch_size=cfg.batch_size,
                   workers=cfg.workers, device=t.device, bad_images=t.bad_images)
-    acc = split_accuracy(t.model, t.info, t.test_split, data=cfg.data, desc="eval test", **common)
-    val = (split_accuracy(t.model, t.info, run_split(cfg, "val"), data=cfg.data, desc="eval val", **common)
-           if has_validation(cfg.data, cfg.synthetic) else {})
+    acc, predictions = split_scores(t.model, t.info, t.test_split, data=cfg.data, desc="eval test", **common)
+    run.write_predictions(predictions)
+    val = (split_accuracy(t.model, t.info, t.val_split, data=cfg.data, desc="eval val", **common)
+           if t.val_split is not None else {})
     quality = attention_quality(t.model, t.info, t.test_split, data=cfg.data, image_size=cfg.image_size,
                                 crop_pct=cfg.eval_crop_pct, batch_size=cfg.batch_size, workers=cfg.workers,
                                 device=t.device, probe=t.probe, bad_images=t.bad_images)
-    return {"top1": acc["top1"], "top5": acc["top5"], "val_top1": val.get("top1"), "method": cfg.method,
+    return {"top1": acc["top1"], "top5": acc["top5"], "val_top1": val.get("top1"), "val_top5": val.get("top5"),
+            "val_images": val.get("count"), "val_origin": t.val_origin, "head_init": cfg.head_init,
+            "probe_train_top1": t.probe_top1, "keep": cfg.keep, "best_step": best.step if best else None,
+            "method": cfg.method,
             "lam": cfg.lam, "lam_reduction": cfg.lam_reduction, "sampling_rate": cfg.sampling_rate, "seed": cfg.seed,
             "steps": step, "transmix": cfg.transmix, "data": cfg.data, "train_images": len(t.train_split),
             "test_images": acc["count"], "world_size": distributed.current().world_size, **quality,
-            "skipped_images": len(t.bad_images.skipped)}
+            "skipped_images": len(t.bad_images.skipped),
+            "sampling_fraction_realised": realised_fraction(t.train_split),
+            "train_seconds": round(started - t.started, 1), "eval_seconds": round(time.perf_counter() - started, 1)}
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from gtaseg.config import PRESETS, TrainConfig, resolve
-from gtaseg.data.pipeline import Batches
 from gtaseg.train import build_training, optimizer_step
 
 
@@ -16,7 +15,7 @@ def run(tmp_path, folder, method, batch_size, accum_steps, steps=3):
     cfg = TrainConfig(method=method, init="random:vit_tiny_patch16_224", data=str(folder), image_size=32,
                       batch_size=batch_size, accum_steps=accum_steps, steps=3, workers=0, lr=2e-5)
     t = build_training(cfg)
-    batches = Batches(t.train_set, t.cfg, t.bad_images)  # the real data path: seeded stream, augmentation, loader
+    batches = t.batches()  # the real data path: seeded stream, augmentation, loader
     terms = [step(t, batches) for _ in range(steps)]
     return t, terms
 

@@ -52,3 +52,25 @@ def test_visualize_label_count_must_match(image_dir, tmp_path):
     result = CliRunner().invoke(main, ["visualize", "--ckpt", "random:vit_tiny_patch16_224", "--label", "a",
                                        "--label", "b", "--images", str(image_dir), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "2 labels for 1 checkpoints" in result.output
+
+
+def test_the_grid_keeps_each_pictures_aspect_and_fits_long_labels():
+    from gtaseg.evaluation.figures import Column, grid_figure
+
+    wide = Image.fromarray(np.zeros((30, 60, 3), dtype=np.uint8))  # 2:1, black
+    attention = np.full((64, 64), 0.5, dtype=np.float32)
+    name = "stanford-cars/a_very_long_file_name_of_a_photo_from_the_test_split_0001234"
+    label = "runs/cars_gta_lam1_r0.15_s0/model.safetensors"
+    fig = grid_figure([wide], [name], [Column(label, [attention])], size=64, mode="attention")
+    image_ax, model_ax = fig.axes
+    shown = image_ax.images[0].get_array()
+    assert shown.shape == (64, 64, 3)
+    assert (shown[:16] == 255).all() and (shown[48:] == 255).all() and (shown[16:48] == 0).all()  # padded, not squashed
+    overlay = model_ax.images[1].get_array()
+    assert (overlay[:16, :, 3] == 0).all() and (overlay[16:48, :, 3] > 0).all()  # the map lies on the picture only
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for text in (image_ax.yaxis.label, model_ax.title):
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, text
+    assert "…" in image_ax.get_ylabel() and image_ax.get_ylabel().count("\n") <= 1

@@ -31,10 +31,10 @@ def test_relative_gates_pass_and_fail(voc_root, two_models, tmp_path):  # noqa: 
     same = [*base, "--ckpt", two_models["same"], "--reference", two_models["source"]]
     passed = invoke(*same, "--min-ratio", 1.0, "--max-drop", 0)
     assert passed.exit_code == 0, passed.output
-    assert passed.output.startswith("PASS: merged Jaccard") and "ratio 1.000 vs min 1" in passed.output
+    assert passed.stdout.startswith("PASS: merged Jaccard") and "1.000 × the reference's" in passed.stdout
     failed = invoke(*same, "--min-ratio", 1.001)
-    assert failed.exit_code == 1 and failed.output.startswith("FAIL: ")
-    assert len(failed.output.strip().splitlines()) == 1
+    verdict = [line for line in failed.stderr.splitlines() if line.strip() and not line.startswith("eval:")]  # no bars
+    assert failed.exit_code == 1 and len(verdict) == 1 and verdict[0].startswith("FAIL: ")
     assert invoke(*same, "--max-drop", -0.01).exit_code == 1  # must beat the reference by 0.01: it ties
     # Against another model: the verdict follows the two Jaccards measured in the same run.
     out = tmp_path / "gate.json"
@@ -78,7 +78,11 @@ def test_per_block_report(voc_root, two_models, tmp_path):  # noqa: F811
 def test_gate_checks_each_threshold_set():
     gate = Gate(min_jaccard=40, min_ratio=0.9, max_drop=5)
     assert gate.relative and not Gate(min_jaccard=40).relative
-    assert gate.checks(45.0, 48.0) == [("min 40.00", True), ("ratio 0.938 vs min 0.9 of reference 48.00", True),
-                                       ("drop 3.00 vs max 5 from reference 48.00", True)]
+    assert gate.checks(45.0, 48.0) == [("the minimum is 40.00", True),
+                                       ("0.938 × the reference's 48.00 (allowed down to 0.9 ×)", True),
+                                       ("dropped 3.00 J from the reference's 48.00 (allowed 5)", True)]
     assert [ok for _, ok in gate.checks(39.0, 50.0)] == [False, False, False]
-    assert Gate(min_jaccard=40).checks(45.0) == [("min 40.00", True)]
+    assert Gate(min_jaccard=40).checks(45.0) == [("the minimum is 40.00", True)]
+    # The FAIL line, worded as a sentence.
+    assert Gate(max_drop=5).checks(26.26, 33.0) == [("dropped 6.74 J from the reference's 33.00 (allowed 5)", False)]
+    assert Gate(max_drop=5).checks(34.0, 33.0)[0][0] == "rose 1.00 J above the reference's 33.00 (allowed 5)"

@@ -168,10 +168,11 @@ def test_check_attention_pass_fail_and_config(voc_root, tmp_path):
     base = ["check-attention", "--ckpt", "random:vit_tiny_patch16_224", "--voc-root", voc_root,
             "--image-size", 64, "--workers", 0]
     passed = invoke(*base, "--min-jaccard", 0)
-    assert passed.exit_code == 0 and passed.output.startswith("PASS: best Jaccard"), passed.output
+    assert passed.exit_code == 0 and passed.stdout.startswith("PASS: best Jaccard"), passed.output
     failed = invoke(*base, "--min-jaccard", 100.5)
     assert failed.exit_code == 1
-    assert len(failed.output.strip().splitlines()) == 1 and failed.output.startswith("FAIL: best Jaccard")
+    verdict = [line for line in failed.stderr.splitlines() if line.strip() and not line.startswith("eval:")]  # no bars
+    assert len(verdict) == 1 and verdict[0].startswith("FAIL: best Jaccard") and not failed.stdout
     # A config file beside the data: relative voc_root, command-line options win.
     config = voc_root.parent / "gate.json"
     config.write_text(json.dumps({"voc_root": voc_root.name, "min_jaccard": 100.5, "image_size": 64,

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from gtaseg.checkpointing import load_state
-from gtaseg.rundir import CHECKPOINT
+from gtaseg.rundir import CHECKPOINT, WALL_CLOCK
 from gtaseg.cli import main
 from gtaseg.objective import Objective
 from tests.conftest import TINY_TRAIN
@@ -83,7 +83,8 @@ def assert_same_run(out: Path, reference: Path) -> None:
     for k in theirs:
         torch.testing.assert_close(ours[k], theirs[k], atol=1e-6, rtol=0, msg=k)
     assert metrics(out) == metrics(reference)
-    final, expected = (json.loads((d / "final.json").read_text()) for d in (out, reference))
+    final, expected = ({k: v for k, v in json.loads((d / "final.json").read_text()).items() if k not in WALL_CLOCK}
+                       for d in (out, reference))
     assert final == expected
 
 
@@ -164,6 +165,34 @@ def test_sigint_exits_130_and_resume_refuses_other_options(tiny_folder, tmp_path
     assert finished.exit_code == 1 and "already finished" in finished.output
 
 
+def test_resume_may_turn_on_skipping_unreadable_images(tmp_path, monkeypatch):
+    """--on-bad-image changes no result of the images already seen (all were readable), so --resume takes it."""
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", classes=2, train=4, test=1, size=32)
+    loss, calls = Objective.loss, []
+
+    def interrupted_loss(self, images, labels):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss(self, images, labels)
+
+    monkeypatch.setattr(Objective, "loss", interrupted_loss)
+    out = tmp_path / "run"
+    stopped = run_in_process("train", "--data", data, *TINY_TRAIN, "--accum-steps", "1", "--steps", "4", "--out", out)
+    assert stopped.exit_code == 130 and load_state(out / CHECKPOINT)["step"] == 1, stopped.output
+    monkeypatch.setattr(Objective, "loss", loss)
+    for image in (data / "train" / "class0").iterdir():  # the rest of the stream meets these
+        image.write_bytes(image.read_bytes()[:50])
+    refused = run_in_process("train", "--resume", out)
+    assert refused.exit_code == 1 and "--on-bad-image skip" in refused.output
+    assert (out / CHECKPOINT).exists()  # a run with a checkpoint keeps its folder when it stops
+    result = run_in_process("train", "--resume", out, "--on-bad-image", "skip")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "final.json").read_text())["skipped_images"] == 4
+
+
 def test_non_finite_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, monkeypatch):
     loss, calls = Objective.loss, []
 
@@ -227,3 +256,27 @@ def test_resume_after_dropped_batches_continues_the_stream_where_it_stood(tmp_pa
     monkeypatch.setattr(Objective, "loss", loss)
     assert run_in_process("train", "--resume", out).exit_code == 0
     assert_same_run(out, reference)
+
+
+RECIPE = ["--val-fraction", "0.34", "--head-init", "probe", "--eval-every", "4", "--keep", "best", "--warmup-steps",
+          "3", "--drop-path", "0.1", "--label-smoothing", "0.1", "--layer-decay", "0.8"]
+
+
+def test_resume_with_the_recipe_options_matches_an_uninterrupted_run(tiny_folder, tmp_path):
+    """Warmup, layer decay, drop path (torch's RNG), label smoothing, the held-out validation split, the probed head,
+    validation rows and the best weights all come back after a SIGTERM exactly as in a run never stopped."""
+    reference = tmp_path / "reference"
+    code, _, stderr = finish(start(tiny_folder, reference, *RECIPE))
+    assert code == 0, stderr[-3000:]
+    out = tmp_path / "run"
+    proc = start(tiny_folder, out, *RECIPE)
+    wait_for_rows(proc, out, 4)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, _, stderr = finish(proc)
+    assert code == 143, stderr[-3000:]
+    code, _, stderr = resume(out)
+    assert code == 0, stderr[-3000:]
+    assert_same_run(out, reference)
+    assert (out / "val_files.txt").read_text() == (reference / "val_files.txt").read_text()
+    final = json.loads((out / "final.json").read_text())
+    assert final["head_init"] == "probe" and final["val_origin"] == "held out" and final["best_step"] is not None

@@ -199,7 +199,8 @@ def test_report_cli_and_out(runs, tmp_path):
     res = CliRunner().invoke(main, ["report", str(runs), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "Table 2" in res.output and "72.00 ± 2.65" in res.output
-    assert {p.name for p in out.iterdir()} == {"report.md", "table2.csv", "figure4.png", "figure4.csv", "runs.csv"}
+    assert {p.name for p in out.iterdir()} == {"report.md", "table2.csv", "paired.csv", "figure4.png", "figure4.csv",
+                                               "runs.csv"}
     assert len(read_csv(out / "runs.csv")) == 24
 
 
@@ -263,3 +264,35 @@ def test_attention_transfer_rows_in_tables_2_and_3(tmp_path):
     assert t3 == {"guide-block", "gta", "attn-distill", "cls-distill"}
     assert "| attention maps, all queries (CE) |" in rep.markdown
     assert "| [cls] attention probabilities (CE) |" in rep.markdown
+
+
+def test_a_repeated_setting_and_seed_is_one_seed(tmp_path):
+    """An interrupted and resumed copy beside an uninterrupted run of the same setting and seed: one seed."""
+    root = tmp_path / "runs"
+    fake_run(root, "cub/baseline_r0.15_s0", method="baseline", lam=0.0, top1=32.0)
+    fake_run(root, "cub/baseline_r0.15_s0_again", method="baseline", lam=0.0, top1=32.0)
+    fake_run(root, "cub/baseline_r0.15_s1", method="baseline", lam=0.0, seed=1, top1=30.0)
+    rep = make_report(root)
+    (row,) = read_csv(root / "table2.csv")
+    assert row["n"] == "2" and row["seeds"] == "0;1"
+    assert "31.00 ± 1.41" in rep.markdown
+    assert ("cub/baseline_r0.15_s0_again repeats the setting and seed of cub/baseline_r0.15_s0: counted once"
+            in rep.markdown)
+
+
+def test_the_drift_figure_title_fits_one_panel():
+    from gtaseg.report.drift import DriftCurve, drift_figure
+
+    fig = drift_figure([DriftCurve("cub", "gta", 0.15, 1.0, [10, 20], [[1.0, 2.0], [3.0, 4.0]])])
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    title = fig._suptitle.get_window_extent(renderer)
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width, (title, fig.bbox)
+
+
+def test_the_baseline_from_a_probed_head_is_its_own_row_lp_ft():
+    from gtaseg.report.runs import Run
+
+    assert Run("a", {"method": "baseline", "head_init": "probe"}, {}).method == "lp-ft"
+    assert Run("b", {"method": "baseline"}, {}).method == "baseline"  # older runs: timm's head
+    assert Run("c", {"method": "gta", "head_init": "probe"}, {}).method == "gta"

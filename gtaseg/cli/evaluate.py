@@ -6,7 +6,8 @@ and prints. eval/PROTOCOL.md documents the protocol.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -16,10 +17,12 @@ from gtaseg.config import parse_pairs
 from gtaseg.data.split import Split
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.gate import Gate, merge_options_file
-from gtaseg.evaluation.inputs import SegSample
 from gtaseg.evaluation.protocols import JACCARD_PRESETS, Protocol, describe, short_name
-from gtaseg.evaluation.runner import EvalResult, evaluate
 from gtaseg.io import write_json
+
+if TYPE_CHECKING:  # torch and timm load only in the commands that run a model: --help answers at once
+    from gtaseg.evaluation.inputs import SegSample
+    from gtaseg.evaluation.runner import EvalResult
 
 PROTOCOL_HELP = """
 Protocol (eval/PROTOCOL.md): each image is resized to S×S (--image-size, --resize), normalised with the
@@ -38,6 +41,8 @@ head.
 def _evaluate(ckpt: str, samples: Sequence[SegSample], protocol: Protocol, opts: dict[str, Any],
               export_masks: bool = False, per_block: bool = False) -> tuple[EvalResult, dict[str, Any]]:
     """Load ``ckpt`` and score ``samples``; returns the result and the model part of the report."""
+    from gtaseg.evaluation.runner import evaluate
+
     model, info, described = load_checked(ckpt, protocol, opts["arch"])
     result = evaluate(model, info, samples, protocol, batch_size=opts["batch_size"], workers=opts["workers"],
                       device=opts["device"], export_masks=export_masks, per_block=per_block)
@@ -177,6 +182,10 @@ def check_attention(ctx: click.Context, config: str | None, out: str | None, **o
 
     if config:
         opts = _apply_config(ctx, opts, config)
+        from_file = ctx.get_parameter_source("voc_root") != ParameterSource.COMMANDLINE
+        if from_file and opts["voc_root"] is not None and not Path(opts["voc_root"]).is_dir():
+            raise GtasegError(f"{opts['voc_root']}: no such folder (voc_root of {config}, relative to it); "
+                              f"give --voc-root DIR to gate on another VOC-layout copy")
     for key in ("ckpt", "voc_root"):
         if opts[key] is None:
             raise GtasegError(f"--{key.replace('_', '-')} is required (or '{key}' in --config)")
@@ -198,7 +207,7 @@ def check_attention(ctx: click.Context, config: str | None, out: str | None, **o
         reference = _evaluate(opts["reference"], samples, protocol, opts)[0].jaccard_of(variant)
     checks = gate.checks(value, reference)
     passed = all(ok for _, ok in checks)
-    line = (f"{variant} Jaccard {value:.2f} vs {'; '.join(text for text, _ in checks)} ({opts['ckpt']}, "
+    line = (f"{variant} Jaccard {value:.2f}: {'; '.join(text for text, _ in checks)} ({opts['ckpt']}, "
             f"{len(samples)} images at {protocol.image_size} px, protocol {short_name(protocol)}, "
             f"{result.seconds:.0f} s)")
     if out:

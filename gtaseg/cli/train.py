@@ -45,7 +45,7 @@ def _click_option(name: str) -> Callable:
         value_type = click.Path(file_okay=False)
     elif meta["minimum"] is not None:
         ranged = click.IntRange if value_type is int else click.FloatRange
-        value_type = ranged(meta["minimum"], meta["maximum"], min_open=meta["min_open"])
+        value_type = ranged(meta["minimum"], meta["maximum"], min_open=meta["min_open"], max_open=meta["max_open"])
     return click.option(*flags, param, type=value_type, default=default(name), help=help_text)
 
 
@@ -86,6 +86,11 @@ def train(out: str | None, resume: str | None, **options: Any) -> None:
     --out. SIGINT/SIGTERM stop the run after the current step with a checkpoint written (exit code 130/143);
     --resume continues it and ends with the same weights and metrics as a run that was never stopped.
 
+    --sampling-rate rounds up per class: it keeps ⌈rate × n⌉ of each class's n training images, at least one,
+    so that every class is seen and stored results keep their meaning; on small classes more than the rate is
+    kept. The start of the run prints the count, and final.json records it (train_images,
+    sampling_fraction_realised).
+
     Several GPUs (or CPU processes): launch under torchrun, e.g. ``torchrun --nproc_per_node 4 $(which gtaseg)
     train ...``. Each process trains a DistributedDataParallel copy on its own shard of every batch, so the
     global batch is --batch-size × --accum-steps × processes; rank 0 writes the run files.
@@ -99,6 +104,7 @@ def train(out: str | None, resume: str | None, **options: Any) -> None:
 
 
 def _run(cfg: TrainConfig, out: str | Path, resume: bool = False) -> None:
+    from gtaseg.methods import lam_text
     from gtaseg.stopping import Interrupted
     from gtaseg.train import train as run_training
 
@@ -108,7 +114,8 @@ def _run(cfg: TrainConfig, out: str | Path, resume: bool = False) -> None:
         click.echo(str(e), err=True)
         sys.exit(e.exit_code)
     click.echo(f"\n{'method':<12}{'λ':>8}{'rate':>7}{'seed':>6}{'steps':>7}{'top1':>8}{'top5':>8}")
-    click.echo(f"{final['method']:<12}{final['lam']:>8g}{final['sampling_rate']:>7g}{final['seed']:>6}"
+    lam = lam_text(final["method"], final["lam"])
+    click.echo(f"{final['method']:<12}{lam:>8}{final['sampling_rate']:>7g}{final['seed']:>6}"
                f"{final['steps']:>7}{final['top1']:>8.2f}{final['top5']:>8.2f}")
     if final.get("jaccard_merged") is not None:
         click.echo(f"[cls] attention on the test masks: Jaccard {final['jaccard_merged']:.2f} (heads merged), "

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from gtaseg.config import TrainConfig
 from gtaseg.data.dataset import BadImage, ImageDataset, check_classes, collate_marked, load_split
+from gtaseg.data.holdout import hold_out
 from gtaseg.data.sampler import SeededStream
 from gtaseg.data.sampling import stratified_subset
 from gtaseg.data.split import Split
@@ -26,24 +28,52 @@ from gtaseg.errors import DataError
 from gtaseg.stopping import ignore_stop_signals
 
 
-def has_validation(data: str, options: dict) -> bool:
-    """Whether the data has a validation split to choose hyperparameters on (the synthetic data, when asked)."""
-    if data != "synthetic":
-        return False
-    return SyntheticConfig.from_options(options).val_per_class > 0
+@dataclass(frozen=True)
+class RunSplits:
+    """A run's images: ``train`` after --val-fraction and --sampling-rate, ``val`` (None: the data has none) and
+    ``test``; ``val_origin`` says where ``val`` came from (``val`` split, ``held out`` of train, or None)."""
+
+    train: Split
+    val: Split | None
+    test: Split
+    val_origin: str | None
 
 
-def run_split(cfg: TrainConfig, split: str) -> Split:
-    """The ``split`` of the run's data (``--data``, ``--data-root``, ``--synthetic``)."""
-    return load_split(cfg.data, split, cfg.data_root, synthetic_root(cfg.data, cfg.synthetic))
+def own_validation(data: str, synthetic: dict) -> str | None:
+    """Where ``data``'s own validation split is (an ImageFolder's ``val/``, the synthetic data's
+    ``val_per_class``), or None when it has none."""
+    if data == "synthetic":
+        return "--synthetic val_per_class" if SyntheticConfig.from_options(synthetic).val_per_class > 0 else None
+    from gtaseg.data.finegrained import DATASETS
+
+    val = Path(data) / "val"
+    return str(val) if data not in DATASETS and val.is_dir() else None
 
 
-def train_split(cfg: TrainConfig) -> Split:
-    """The run's training images: ``--sampling-rate`` of every class, drawn from ``--seed``."""
-    full = run_split(cfg, "train")
-    split = stratified_subset(full, cfg.sampling_rate, cfg.seed)
-    check_classes(split, cfg.data, cfg.sampling_rate)
-    return split
+def load_run_splits(data: str, *, data_root: str | None, synthetic: dict, val_fraction: float,
+                    sampling_rate: float, seed: int) -> RunSplits:
+    """The splits of a run: the data's own validation split, or ``val_fraction`` of every class held out of
+    train before ``sampling_rate`` of what is left is kept (so the validation images never depend on the rate);
+    both draws depend only on ``seed`` and the file names."""
+    root = synthetic_root(data, synthetic)
+    full = load_split(data, "train", data_root, root)
+    own = own_validation(data, synthetic)
+    if own and val_fraction:
+        raise DataError(f"{own}: the data has a validation split of its own; drop --val-fraction {val_fraction:g}")
+    val, origin = None, None
+    if own:
+        val, origin = load_split(data, "val", data_root, root), "val"
+    elif val_fraction:
+        (full, val), origin = hold_out(full, val_fraction, seed), "held out"
+    train = stratified_subset(full, sampling_rate, seed)
+    check_classes(train, data, sampling_rate)
+    test = load_split(data, "test", data_root, root)
+    for name, other in (("val", val), ("test", test)):
+        if other is not None and other.classes != train.classes:
+            missing = sorted(set(train.classes) ^ set(other.classes))
+            raise DataError(f"{Path(data) / name}: its classes differ from train's ({', '.join(missing[:3])}"
+                            f"{' ...' if len(missing) > 3 else ''}); every split needs the same class folders")
+    return RunSplits(train, val, test, origin)
 
 
 class BadImages:
@@ -92,17 +122,17 @@ class Batches:
     rank; :attr:`drawn` counts on as batches are taken (with ``--on-bad-image skip`` a batch without a readable
     image is drawn but not yielded, so the count, not the number of steps, says where the stream stands)."""
 
-    def __init__(self, dataset: ImageDataset, cfg: TrainConfig, bad_images: BadImages, drawn: int = 0,
-                 rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+    def __init__(self, dataset: ImageDataset, *, batch_size: int, seed: int, workers: int, bad_images: BadImages,
+                 data: str, drawn: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
         self.drawn = drawn
-        stream = SeededStream(len(dataset), cfg.seed, start=drawn * cfg.batch_size * world_size, rank=rank,
+        stream = SeededStream(len(dataset), seed, start=drawn * batch_size * world_size, rank=rank,
                               world_size=world_size)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=stream, num_workers=cfg.workers,
-                            pin_memory=pin_memory, persistent_workers=cfg.workers > 0, collate_fn=collate_marked,
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=stream, num_workers=workers,
+                            pin_memory=pin_memory, persistent_workers=workers > 0, collate_fn=collate_marked,
                             worker_init_fn=ignore_stop_signals)
         # iter() now, not at the first next(): creating the iterator draws from torch's RNG, which a resumed run
         # restores only after this point, as the first run drew it.
-        self._it = bad_images.readable(iter(loader), len(dataset), cfg.batch_size, cfg.data, self._count)
+        self._it = bad_images.readable(iter(loader), len(dataset), batch_size, data, self._count)
 
     def _count(self) -> None:
         self.drawn += 1
@@ -118,9 +148,9 @@ class Batches:
         self._it.close()
 
 
-def train_dataset(split: Split, cfg: TrainConfig, mean, std) -> ImageDataset:
-    return ImageDataset(split, train_transform(cfg.image_size, mean, std, cfg.crop_scale, cfg.randaugment),
-                        mark_bad=True)
+def train_dataset(split: Split, *, image_size: int, mean, std, crop_scale: tuple[float, float],
+                  randaugment: bool) -> ImageDataset:
+    return ImageDataset(split, train_transform(image_size, mean, std, crop_scale, randaugment), mark_bad=True)
 
 
 def eval_dataset(split: Split, image_size: int, crop_pct: float, mean, std) -> ImageDataset:

@@ -15,6 +15,8 @@ class Split:
     samples: list[tuple[str, int]]
     classes: list[str]
     masks: list[str | None] | None = field(default=None)
+    # How many images the split was sampled from (gtaseg.data.sampling); None for a split as listed.
+    drawn_from: int | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.masks is not None and len(self.masks) != len(self.samples):
@@ -26,6 +28,14 @@ class Split:
     @property
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
+
+    def by_class(self) -> dict[int, list[int]]:
+        """Each label's sample indices, ordered by file name: a draw from them depends on the files, not on the
+        order a loader listed them in."""
+        out: dict[int, list[int]] = {}
+        for i in sorted(range(len(self.samples)), key=lambda i: self.samples[i][0]):
+            out.setdefault(self.samples[i][1], []).append(i)
+        return dict(sorted(out.items()))
 
     def subset(self, indices: list[int]) -> "Split":
         masks = None if self.masks is None else [self.masks[i] for i in indices]

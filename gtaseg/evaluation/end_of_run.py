@@ -1,10 +1,14 @@
 """What a training run measures about its model: top-1 on a split, the drift of its [cls] logits from the
 starting weights, and, where the data has object masks, the Jaccard and attention mass of its [cls] attention.
 
-``gtaseg train`` logs the drift every metrics interval and writes all of it to final.json; ``gtaseg eval-acc``
-scores a saved model through the same :func:`split_accuracy`.
+``gtaseg train`` logs the drift every metrics interval and writes all of it to final.json (and the test
+predictions of :func:`split_scores` to test_predictions.csv); ``gtaseg eval-acc`` scores a saved model through
+the same :func:`split_accuracy`.
 """
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -12,23 +16,40 @@ from torch import Tensor, nn
 from gtaseg.attention import cls_logits
 from gtaseg.data.pipeline import BadImages, eval_batches, eval_dataset, stack_readable
 from gtaseg.data.split import Split
+from gtaseg.errors import GtasegError
 from gtaseg.evaluation.accuracy import topk_accuracy
 from gtaseg.models import ModelInfo
 from gtaseg.regularizers import guidance_entries, guidance_l2
+from gtaseg.rundir import Prediction, prediction_ids
 
 # Test images on which the [cls]-logit drift from the initial weights is logged during training.
 PROBE_IMAGES = 16
 
 
-def split_accuracy(model: nn.Module, info: ModelInfo, split: Split, *, image_size: int, crop_pct: float,
-                   batch_size: int, workers: int, device: torch.device, bad_images: BadImages, data: str,
-                   desc: str = "accuracy") -> dict[str, float]:
-    """Top-1/top-5 (%) and the count of images scored on ``split``, with the run's eval transform; unreadable
-    images are handled by ``bad_images``. The model is left in eval mode."""
+def split_scores(model: nn.Module, info: ModelInfo, split: Split, *, image_size: int, crop_pct: float,
+                 batch_size: int, workers: int, device: torch.device, bad_images: BadImages, data: str,
+                 desc: str = "accuracy") -> tuple[dict[str, float], list[Prediction]]:
+    """Top-1/top-5 (%) and the count of images scored on ``split``, with the run's eval transform, and the
+    prediction for each scored image, from the same pass. Unreadable images are handled by ``bad_images``; with
+    ``skip`` they are neither scored nor predicted. The model is left in eval mode."""
     dataset = eval_dataset(split, image_size, crop_pct, info.mean, info.std)
     batches = eval_batches(dataset, batch_size, workers, bad_images, data, pin_memory=device.type == "cuda")
     model.eval()
-    return topk_accuracy(model, batches, device, desc=desc)
+    scores = topk_accuracy(model, batches, device, desc=desc, total=math.ceil(len(dataset) / batch_size))
+    # The loader keeps the split's order and drops exactly the images the policy skipped, so the scored images
+    # are the split's without those.
+    ids = prediction_ids([p for p, _ in split.samples])
+    scored = [(i, y) for i, (p, y) in zip(ids, split.samples) if str(p) not in bad_images.skipped]
+    if [y for _, y in scored] != scores.labels:
+        raise GtasegError(f"{data}: the {scores.figures['count']} images scored do not line up with the split's "
+                          f"{len(scored)} readable images (a file changed during the run?)")
+    names = split.classes
+    return scores.figures, [Prediction(i, names[y], names[p]) for (i, y), p in zip(scored, scores.predicted)]
+
+
+def split_accuracy(model: nn.Module, info: ModelInfo, split: Split, **options: Any) -> dict[str, float]:
+    """:func:`split_scores` without the per-image predictions (same keyword options)."""
+    return split_scores(model, info, split, **options)[0]
 
 
 class DriftProbe:

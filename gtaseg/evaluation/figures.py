@@ -86,24 +86,69 @@ def _overlay(values: np.ndarray, mode: str) -> np.ndarray:
     return rgba
 
 
-def render_grid(images: Sequence[Image.Image], names: Sequence[str], columns: Sequence[Column], *, size: int,
-                mode: str, out: str | os.PathLike) -> None:
-    """Write the grid as a PNG: first column the images, then one column per model."""
+def fit(width: int, height: int, size: int) -> tuple[int, int]:
+    """(height, width) of a ``width`` × ``height`` picture scaled to fit a ``size`` × ``size`` cell, aspect kept."""
+    scale = size / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _pad(array: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """``array`` ([h, w, ...]) centred on a ``size`` × ``size`` canvas of ``fill``."""
+    canvas = np.full((size, size) + array.shape[2:], fill, dtype=array.dtype)
+    top, left = (size - array.shape[0]) // 2, (size - array.shape[1]) // 2
+    canvas[top:top + array.shape[0], left:left + array.shape[1]] = array
+    return canvas
+
+
+def _unsquash(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A [S, S] map over the squashed square the model saw, back on the picture's ``height`` × ``width``
+    (nearest neighbour: NaN stays NaN)."""
+    size = values.shape[0]
+    rows = np.arange(height) * size // height
+    cols = np.arange(width) * size // width
+    return values[rows[:, None], cols[None, :]]
+
+
+def short_label(text: str, fontsize: float, inches: float = 0.8 * _CELL_INCHES, lines: int = 2) -> str:
+    """``text`` in at most ``lines`` lines that fit ``inches`` (a character is about 0.6 em; the default leaves a
+    cell's margins free), the middle elided with … when it is longer: file and checkpoint names have no spaces
+    to wrap at."""
+    width = max(8, int(inches * 72 / (0.6 * fontsize)))
+    room = width * lines
+    if len(text) > room:
+        head = (room - 1) // 2
+        text = text[:head] + "…" + text[len(text) - (room - 1 - head):]
+    return "\n".join(text[i:i + width] for i in range(0, len(text), width))
+
+
+def grid_figure(images: Sequence[Image.Image], names: Sequence[str], columns: Sequence[Column], *, size: int,
+                mode: str) -> Figure:
+    """The grid: first column the images, then one column per model. Each picture keeps its aspect, padded to
+    the square cell, and its maps are mapped back from the square the model saw onto it."""
     rows, cols = len(images), 1 + len(columns)
-    fig = Figure(figsize=(_CELL_INCHES * cols, _CELL_INCHES * rows), dpi=size / _CELL_INCHES)
+    # Constrained layout makes room for the titles and labels in every draw (tight_layout, once, fell short by a
+    # pixel on two-line titles).
+    fig = Figure(figsize=(_CELL_INCHES * cols, _CELL_INCHES * rows), dpi=size / _CELL_INCHES, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
-    shown = [np.asarray(im.resize((size, size), Image.Resampling.BICUBIC)) for im in images]
-    for r in range(rows):
+    for r, im in enumerate(images):
+        height, width = fit(im.width, im.height, size)
+        shown = _pad(np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)), size, 255)
         for c in range(cols):
             ax = axes[r, c]
-            ax.imshow(shown[r])
+            ax.imshow(shown)
             if c > 0:
-                ax.imshow(_overlay(columns[c - 1].maps[r], mode))
+                ax.imshow(_overlay(_pad(_unsquash(columns[c - 1].maps[r], height, width), size, np.nan), mode))
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title("image" if c == 0 else columns[c - 1].label, fontsize=10)
-        axes[r, 0].set_ylabel(names[r], fontsize=8)
-    fig.tight_layout(pad=0.3)
+                ax.set_title(short_label("image" if c == 0 else columns[c - 1].label, 10), fontsize=10)
+        axes[r, 0].set_ylabel(short_label(names[r], 8), fontsize=8)
+    return fig
+
+
+def render_grid(images: Sequence[Image.Image], names: Sequence[str], columns: Sequence[Column], *, size: int,
+                mode: str, out: str | os.PathLike) -> None:
+    """Write :func:`grid_figure` as a PNG."""
+    fig = grid_figure(images, names, columns, size=size, mode=mode)
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))

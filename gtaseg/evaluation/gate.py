@@ -31,12 +31,14 @@ class Gate:
         ``reference``, the reference model's Jaccard on the same images and protocol."""
         checks = []
         if self.min_jaccard is not None:
-            checks.append((f"min {self.min_jaccard:.2f}", value >= self.min_jaccard))
+            checks.append((f"the minimum is {self.min_jaccard:.2f}", value >= self.min_jaccard))
         if self.min_ratio is not None:
-            checks.append((f"ratio {value / reference:.3f} vs min {self.min_ratio:g} of reference {reference:.2f}",
-                           value >= self.min_ratio * reference))
+            checks.append((f"{value / reference:.3f} × the reference's {reference:.2f} (allowed down to "
+                           f"{self.min_ratio:g} ×)", value >= self.min_ratio * reference))
         if self.max_drop is not None:
-            checks.append((f"drop {reference - value:.2f} vs max {self.max_drop:g} from reference {reference:.2f}",
+            change = (f"dropped {reference - value:.2f} J from" if value <= reference
+                      else f"rose {value - reference:.2f} J above")
+            checks.append((f"{change} the reference's {reference:.2f} (allowed {self.max_drop:g})",
                            value >= reference - self.max_drop))
         return checks
 

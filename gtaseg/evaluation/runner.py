@@ -47,8 +47,9 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.devic
 
 
 def _bar(total: int, progress: bool, desc: str = "eval") -> tqdm:
-    # disable=None: a bar on a terminal, none in logs and CI output.
-    return tqdm(total=total, unit="img", desc=desc, disable=None if progress else True)
+    # On stderr whether or not it is a terminal, as training's bar: a run from a script or a scheduler's log
+    # still shows where a long evaluation stands, and its ETA.
+    return tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
 
 
 @dataclass

@@ -1,4 +1,6 @@
 """timm ViTs and the checkpoints they are built from."""
-from gtaseg.models.build import ModelInfo, create_vit, load_model, model_info, save_model
+from gtaseg.models.build import (ModelInfo, check_image_size, check_model_options, create_vit, load_model, model_info,
+                                 save_model, set_drop_path)
 
-__all__ = ["ModelInfo", "create_vit", "load_model", "model_info", "save_model"]
+__all__ = ["ModelInfo", "check_image_size", "check_model_options", "create_vit", "load_model", "model_info",
+           "save_model", "set_drop_path"]

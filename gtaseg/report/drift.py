@@ -6,15 +6,20 @@ import csv
 import io
 import math
 import os
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gtaseg.io import atomic_write
 from gtaseg.report.labels import DATASET_TITLES, dataset_order, rate_header
 from gtaseg.report.selection import mean_std
 from gtaseg.report.tables import Table
 from gtaseg.rundir import RunDir
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -56,7 +61,16 @@ def drift_csv(curves: list[DriftCurve]) -> str:
     return buf.getvalue()
 
 
+TITLE = "[cls] attention drift from the initial model during training (Table 2's runs; bars: ± std over seeds)"
+TITLE_POINTS = 9
+
+
 def drift_png(curves: list[DriftCurve], path: str | os.PathLike) -> None:
+    fig = drift_figure(curves)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
+def drift_figure(curves: list[DriftCurve]) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -80,6 +94,7 @@ def drift_png(curves: list[DriftCurve], path: str | os.PathLike) -> None:
         ax.set_ylabel("drift Σ‖A − A₀‖²")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("[cls] attention drift from the initial model during training (Table 2's runs; bars: ± std "
-                 "over seeds)", fontsize=9)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    # Wrapped to the figure's width (a character is about 0.6 em): one panel is narrower than the title's one line.
+    chars = int(fig.get_figwidth() * 72 / (0.6 * TITLE_POINTS))
+    fig.suptitle(textwrap.fill(TITLE, chars), fontsize=TITLE_POINTS)
+    return fig

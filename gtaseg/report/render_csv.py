@@ -1,4 +1,5 @@
-"""The report's CSV files: one row per chosen cell (table*.csv) and one per run (runs.csv)."""
+"""The report's CSV files: one row per chosen cell (table*.csv), one per run (runs.csv), and one per GTA-rival
+comparison (paired.csv)."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,8 @@ from typing import Any
 from gtaseg.methods import METHODS
 from gtaseg.report.labels import source_label
 from gtaseg.report.metrics import TOP1, TOP5, Metric
+from gtaseg.report.paired import LEVEL, RESAMPLES, SEED
+from gtaseg.report.rivals import Comparison
 from gtaseg.report.runs import Run
 from gtaseg.report.selection import Cell, mean_std
 from gtaseg.report.tables import Table
@@ -68,3 +71,29 @@ def runs_csv(runs: list[Run], labels: dict[str, dict[str, str]]) -> str:
 
 def _num(x: Any) -> str:
     return "" if x is None else f"{float(x):.4f}"
+
+
+PAIRED_COLUMNS = ["dataset", "sampling_rate", "source", "rival", "protocol", "selected_on", "gta_lam", "gta_lr",
+                  "rival_lam", "rival_lr", "seeds", "n_seeds", "mean_difference", "differences", "seeds_ahead",
+                  "ci_low", "ci_high", "ci_level", "resamples", "bootstrap_seed", "test_images", "ci_missing"]
+
+
+def paired_csv(comparisons: list[Comparison], labels: dict[str, dict[str, str]]) -> str:
+    """One row per comparison: GTA's test top-1 minus the rival's, per seed and mean, and the interval (empty,
+    with the reason in ci_missing, where there is none)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PAIRED_COLUMNS)
+    for c in comparisons:
+        g, r = c.gta, c.rival
+        interval = ([f"{c.interval[0]:.4f}", f"{c.interval[1]:.4f}", f"{LEVEL:g}", RESAMPLES, SEED, c.images]
+                    if c.interval else [""] * 6)
+        w.writerow([g.dataset, f"{g.rate:g}", source_label(g.source, labels), c.label, g.protocol.name,
+                    g.protocol.selected_on, f"{g.lam:g}", _lr(g), f"{r.lam:g}", _lr(r),
+                    ";".join(str(s) for s in c.seeds), len(c.seeds), _num(c.mean_difference),
+                    ";".join(f"{d:.4f}" for d in c.differences), c.seeds_ahead, *interval, c.missing])
+    return buf.getvalue()
+
+
+def _lr(cell: Cell) -> str:
+    return "" if cell.lr is None else f"{cell.lr:g}"

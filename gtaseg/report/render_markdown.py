@@ -1,12 +1,14 @@
 """The report's tables as Markdown: cells as mean ± std with the best in bold, the attention section, the chosen
-settings, and the footnotes."""
+settings, GTA against each rival, and the footnotes."""
 from __future__ import annotations
 
 import math
 
-from gtaseg.methods import METHODS
+from gtaseg.methods import METHODS, lam_text
 from gtaseg.report.labels import DATASET_TITLES, method_order, rate_header
 from gtaseg.report.metrics import ATTENTION, TOP1, VAL_TOP1, Metric
+from gtaseg.report.paired import LEVEL, RESAMPLES, SEED
+from gtaseg.report.rivals import Comparison
 from gtaseg.report.runs import Run
 from gtaseg.report.selection import FAIR, PAPER, Cell, mean_std
 from gtaseg.report.tables import Table
@@ -76,12 +78,35 @@ def settings_markdown(*tables: Table) -> str:
              "|---|---:|---|---:|---:|---|---:|---:|---|"]
     for table in tables:
         for _, c in table.filled():
-            has_lam = c.method in METHODS and METHODS[c.method].default_lam
             val, test = (fmt_cell(c, 0, m) for m in (VAL_TOP1, TOP1))
-            lines.append(f"| {c.protocol.name} | {rate_header(c.rate)} | {c.method} | {f'{c.lam:g}' if has_lam else '–'} "
+            lines.append(f"| {c.protocol.name} | {rate_header(c.rate)} | {c.method} | {lam_text(c.method, c.lam)} "
                          f"| {'' if c.lr is None else f'{c.lr:g}'} | {c.protocol.selected_on} | {val} | {test} "
                          f"| {','.join(str(x) for x in c.seeds)} |")
     return "\n".join(lines)
+
+
+def paired_markdown(comparisons: list[Comparison]) -> str:
+    """The paired section's body: per dataset, rate and rival, GTA's mean lead in test top-1 over the paired
+    seeds, its bootstrap interval, and on how many seeds GTA is ahead."""
+    protocol = comparisons[0].gta.protocol
+    intro = (f"GTA's test top-1 minus each rival's (points), both at the setting Table 2 chose "
+             f"({protocol.name} protocol, chosen on {protocol.selected_on}). Runs are paired by seed number, and "
+             f"only the seeds both methods have count. Interval: {100 * LEVEL:g} % percentile interval of the mean "
+             f"difference from a paired bootstrap over test images and seeds ({RESAMPLES} resamples, bootstrap seed "
+             f"{SEED}): each resample draws the seeds and the test images with replacement, the same images for "
+             f"both methods and every seed. n/a: no interval, because a paired run has no test_predictions.csv "
+             f"(it was written before runs saved one) or another reason given in paired.csv's ci_missing. GTA "
+             f"ahead: the seeds on which GTA's test top-1 is higher (a tie is not). Per seed and with the "
+             f"settings: paired.csv.")
+    lines = [f"| Dataset | Rate | Rival | Seeds | GTA − rival | {100 * LEVEL:g} % interval | GTA ahead |",
+             "|---|---:|---|---|---:|---|---:|"]
+    for c in comparisons:
+        mean = "–" if c.mean_difference is None else f"{c.mean_difference:+.2f}"
+        interval = "n/a" if c.interval is None else f"[{c.interval[0]:+.2f}, {c.interval[1]:+.2f}]"
+        seeds = ",".join(str(s) for s in c.seeds)
+        lines.append(f"| {DATASET_TITLES.get(c.gta.dataset, c.gta.dataset)} | {rate_header(c.gta.rate)} | {c.label} "
+                     f"| {seeds} | {mean} | {interval} | {c.seeds_ahead} of {len(c.seeds)} |")
+    return "\n\n".join([intro, "\n".join(lines)])
 
 
 def footnotes(tables: list[Table], runs: list[Run], effect: bool = False) -> list[str]:

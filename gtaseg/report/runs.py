@@ -4,14 +4,17 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from gtaseg.config import ADDED_OPTIONS
+from gtaseg.config import ADDED_OPTIONS, RESULT_NEUTRAL
 from gtaseg.errors import GtasegError
 from gtaseg.rundir import CONFIG, RunDir
 from gtaseg.sweep.naming import path_name
 from gtaseg.sweep.state import SWEEP_RECORD
+
+
+LP_FT = "lp-ft"
 
 
 @dataclass
@@ -19,10 +22,16 @@ class Run:
     name: str  # the run folder, relative to the runs dir, with '/' separators
     config: dict  # config.json as written
     final: dict  # final.json, with "train_ce" from metrics.jsonl where final.json lacks it
+    repeats: list[str] = field(default_factory=list)  # folders of this very setting and seed, counted as this one
 
     @property
     def method(self) -> str:
-        return self.config.get("method", self.final.get("method"))
+        """The report's row: the method, and ``lp-ft`` for the baseline with its head started from a linear probe
+        (Kumar et al.'s LP-FT, a rival of its own)."""
+        method = self.config.get("method", self.final.get("method"))
+        if method == "baseline" and self.config.get("head_init", ADDED_OPTIONS["head_init"]) == "probe":
+            return LP_FT
+        return method
 
     @property
     def lam(self) -> float:
@@ -91,6 +100,7 @@ def collect(runs_dir: str | os.PathLike) -> Collected:
         final.setdefault("train_ce", run_dir.last_logged("ce"))
         runs.append(Run(rel.as_posix(), config, final))
     labels: dict[str, dict[str, str]] = defaultdict(dict)
+    runs = one_per_setting(runs)
     for record in sorted(root.rglob(SWEEP_RECORD.format(name="*"))):
         try:
             for key, mapping in (json.loads(record.read_text()).get("labels") or {}).items():
@@ -98,3 +108,21 @@ def collect(runs_dir: str | os.PathLike) -> Collected:
         except (OSError, ValueError, AttributeError):
             continue
     return Collected(runs, unfinished, unreadable, dict(labels))
+
+
+# config.json keys that leave two runs one setting: where they run, and on_bad_image, which changes nothing unless an
+# image is unreadable (final.json counts those).
+_SAME_SETTING_IGNORED = {*RESULT_NEUTRAL, "on_bad_image"}
+
+
+def one_per_setting(runs: list[Run]) -> list[Run]:
+    """The first run (by name) of each setting and seed; the others, such as an interrupted and resumed copy beside
+    an uninterrupted one, are one seed, not two: they go into its :attr:`Run.repeats`."""
+    kept: dict[str, Run] = {}
+    for run in sorted(runs, key=lambda r: r.name):
+        key = json.dumps({k: v for k, v in run.config.items() if k not in _SAME_SETTING_IGNORED}, sort_keys=True)
+        if key in kept:
+            kept[key].repeats.append(run.name)
+        else:
+            kept[key] = run
+    return list(kept.values())

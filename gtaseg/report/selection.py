@@ -103,7 +103,9 @@ def best_cells(runs: list[Run], protocol: Protocol = PAPER_TABLES) -> tuple[dict
         lr = None if protocol.lr is None and protocol.selected_on == "test" else run.lr  # paper tables pool lrs
         groups[(run.method, run.source, run.transmix, run.dataset, run.rate)][(round_lam(run.lam), lr)].append(run)
     metric = "val_top1" if protocol.selected_on == "val" else "top1"
-    cells, warnings = {}, []
+    cells = {}
+    warnings = [f"{', '.join(r.repeats)} repeat{'s' if len(r.repeats) == 1 else ''} the setting and seed of {r.name}: "
+                f"counted once" for r in runs if r.repeats]
     for key, by_setting in groups.items():
         method = key[0]
         alpha = METHODS[method].default_lam if method in METHODS else 0.0
