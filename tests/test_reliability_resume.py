@@ -52,7 +52,7 @@ def resume(out: Path, *extra: str) -> tuple[int, str, str]:
 def metrics(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
-        row.pop("images_per_s")  # wall-clock
+        row.pop("images_per_s", None)  # wall-clock (validation rows have none)
     return rows
 
 
