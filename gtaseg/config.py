@@ -75,6 +75,8 @@ class TrainConfig:
         "least one image a class), taken before --sampling-rate so the validation images never depend on the rate; "
         "the list goes to val_files.txt. For data without a validation split of its own (the named datasets, an "
         "ImageFolder without val/); 0: none.", minimum=0, maximum=1, max_open=True)
+    classes: int = option(0, "Keep only the first N classes (in the data's class order, e.g. sorted folder names) of "
+                             "every split: a smaller benchmark with each class's images intact; 0: all.", minimum=0)
     sampling_rate: float = option(1.0, "Fraction of each class's training images kept (paper: 0.15, 0.3, 0.5, 1.0).",
                                   minimum=0, maximum=1, min_open=True)
     seed: int = option(0, "Seed of sampling, data order, augmentation and the new head.")
@@ -152,10 +154,11 @@ RESULT_NEUTRAL = tuple(name for name, f in FIELDS.items() if f.metadata["neutral
 RESUME_OPTIONS = tuple(name for name, f in FIELDS.items() if f.metadata["resumable"])
 # Options added after runs were written, with the value a config (or checkpoint) without them implies: runs from
 # before --lam-reduction summed their term, and none logged to TensorBoard, held out a validation fraction,
-# probed its head, warmed up, decayed by layer, dropped paths, smoothed labels or evaluated while training.
+# probed its head, warmed up, decayed by layer, dropped paths, smoothed labels, evaluated while training or
+# kept a subset of the classes.
 ADDED_OPTIONS = {"lam_reduction": "sum", "tensorboard": False, "val_fraction": 0.0, "head_init": "timm",
                  "warmup_steps": 0, "layer_decay": 1.0, "drop_path": 0.0, "label_smoothing": 0.0, "eval_every": 0,
-                 "keep": "last"}
+                 "keep": "last", "classes": 0}
 
 
 def preset_name(data: str) -> str:

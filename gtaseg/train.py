@@ -86,7 +86,8 @@ def build_training(cfg: TrainConfig) -> Training:
 
     # ------------------------------------------------------------------------------------ data
     splits = load_run_splits(cfg.data, data_root=cfg.data_root, synthetic=cfg.synthetic,
-                             val_fraction=cfg.val_fraction, sampling_rate=cfg.sampling_rate, seed=cfg.seed)
+                             val_fraction=cfg.val_fraction, sampling_rate=cfg.sampling_rate, seed=cfg.seed,
+                             classes=cfg.classes)
     split, classes = splits.train, splits.train.classes
     if cfg.eval_every and splits.val is None:
         raise GtasegError(f"--eval-every needs a validation split: {cfg.data} has none (add --val-fraction F, "

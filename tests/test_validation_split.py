@@ -97,3 +97,29 @@ def test_a_run_writes_its_held_out_list_and_scores_it(folder, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["val_fraction"] == 0.3
     train_lines = set((tmp_path / "run" / "train_files.txt").read_text().splitlines())
     assert not train_lines & set(lines)
+
+
+def test_classes_keeps_the_first_classes_of_every_split_with_their_labels(folder):
+    full, first = splits(folder, 0.3), load_run_splits(str(folder), data_root=None, synthetic={}, val_fraction=0.3,
+                                                       sampling_rate=1.0, seed=0, classes=2)
+    for a, b in ((full.train, first.train), (full.val, first.val), (full.test, first.test)):
+        assert b.classes == a.classes[:2]
+        assert b.samples == [s for s in a.samples if s[1] < 2]  # the same images as the full run, labels kept
+
+
+def test_more_classes_than_the_data_has_is_a_one_line_error(folder):
+    with pytest.raises(DataError, match="--classes 4, but it has 3 classes"):
+        load_run_splits(str(folder), data_root=None, synthetic={}, val_fraction=0.0, sampling_rate=1.0, seed=0,
+                        classes=4)
+
+
+def test_a_class_subset_run_names_its_data_and_has_a_head_of_that_size(folder, tmp_path):
+    from gtaseg.report.runs import Run
+    from gtaseg.sweep.naming import run_name
+
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(folder), method="baseline", classes=2, **TINY), out)
+    assert json.loads((out / "final.json").read_text())["test_images"] == 4
+    assert run_name({"data": str(folder), "method": "baseline", "classes": 2}).startswith(f"{folder.name}-first2/")
+    config = json.loads((out / "config.json").read_text())
+    assert Run("run", config, {}).dataset == f"{folder.name}-first2"

@@ -51,29 +51,39 @@ def own_validation(data: str, synthetic: dict) -> str | None:
 
 
 def load_run_splits(data: str, *, data_root: str | None, synthetic: dict, val_fraction: float,
-                    sampling_rate: float, seed: int) -> RunSplits:
+                    sampling_rate: float, seed: int, classes: int = 0) -> RunSplits:
     """The splits of a run: the data's own validation split, or ``val_fraction`` of every class held out of
     train before ``sampling_rate`` of what is left is kept (so the validation images never depend on the rate);
-    both draws depend only on ``seed`` and the file names."""
+    both draws depend only on ``seed`` and the file names. ``classes`` > 0 keeps the first that many classes of
+    every split (0: all)."""
     root = synthetic_root(data, synthetic)
-    full = load_split(data, "train", data_root, root)
+    load = lambda name: _first_classes(load_split(data, name, data_root, root), classes, data)  # noqa: E731
+    full = load("train")
     own = own_validation(data, synthetic)
     if own and val_fraction:
         raise DataError(f"{own}: the data has a validation split of its own; drop --val-fraction {val_fraction:g}")
     val, origin = None, None
     if own:
-        val, origin = load_split(data, "val", data_root, root), "val"
+        val, origin = load("val"), "val"
     elif val_fraction:
         (full, val), origin = hold_out(full, val_fraction, seed), "held out"
     train = stratified_subset(full, sampling_rate, seed)
     check_classes(train, data, sampling_rate)
-    test = load_split(data, "test", data_root, root)
+    test = load("test")
     for name, other in (("val", val), ("test", test)):
         if other is not None and other.classes != train.classes:
             missing = sorted(set(train.classes) ^ set(other.classes))
             raise DataError(f"{Path(data) / name}: its classes differ from train's ({', '.join(missing[:3])}"
                             f"{' ...' if len(missing) > 3 else ''}); every split needs the same class folders")
     return RunSplits(train, val, test, origin)
+
+
+def _first_classes(split: Split, n: int, data: str) -> Split:
+    if not n:
+        return split
+    if n > len(split.classes):
+        raise DataError(f"{data}: --classes {n}, but it has {len(split.classes)} classes")
+    return split.first_classes(n)
 
 
 class BadImages:

@@ -37,6 +37,13 @@ class Split:
             out.setdefault(self.samples[i][1], []).append(i)
         return dict(sorted(out.items()))
 
+    def first_classes(self, n: int) -> "Split":
+        """The samples of the first ``n`` classes (in ``classes`` order, so their labels stay 0..n-1): a smaller
+        benchmark that keeps every class's images."""
+        keep = [i for i, (_, label) in enumerate(self.samples) if label < n]
+        masks = None if self.masks is None else [self.masks[i] for i in keep]
+        return Split([self.samples[i] for i in keep], self.classes[:n], masks)
+
     def subset(self, indices: list[int]) -> "Split":
         masks = None if self.masks is None else [self.masks[i] for i in indices]
         return Split([self.samples[i] for i in indices], self.classes, masks)

@@ -10,7 +10,7 @@ from pathlib import Path
 from gtaseg.config import ADDED_OPTIONS, RESULT_NEUTRAL
 from gtaseg.errors import GtasegError
 from gtaseg.rundir import CONFIG, RunDir
-from gtaseg.sweep.naming import path_name
+from gtaseg.sweep.naming import data_label
 from gtaseg.sweep.state import SWEEP_RECORD
 
 
@@ -39,7 +39,8 @@ class Run:
 
     @property
     def dataset(self) -> str:
-        return path_name(str(self.config.get("data", self.final.get("data", "?"))))
+        return data_label(str(self.config.get("data", self.final.get("data", "?"))),
+                          int(self.config.get("classes", ADDED_OPTIONS["classes"])))
 
     @property
     def rate(self) -> float:

@@ -17,7 +17,7 @@ from gtaseg.methods import METHODS
 from gtaseg.sweep.config import LAM_FACTOR
 
 # Fields that every run name spells out in a fixed place; any other grid key is appended as _key-value.
-_NAMED = ("data", "method", "transmix", "lam", LAM_FACTOR, "sampling_rate", "seed")
+_NAMED = ("data", "classes", "method", "transmix", "lam", LAM_FACTOR, "sampling_rate", "seed")
 
 
 def round_lam(x: float) -> float:
@@ -41,7 +41,7 @@ def run_name(cfg: dict, grid_keys: Sequence[str] = ()) -> str:
     for key in grid_keys:
         if key not in _NAMED:
             parts.append(f"{key}-{slug(cfg.get(key))}")
-    return f"{data_slug(get('data'))}/{'_'.join(parts)}"
+    return f"{slug(data_label(str(get('data')), get('classes')))}/{'_'.join(parts)}"
 
 
 def fmt_num(x: Any) -> str:
@@ -53,8 +53,9 @@ def path_name(text: str) -> str:
     return Path(text).name if ("/" in text or os.sep in text) else text
 
 
-def data_slug(data: str) -> str:
-    return slug(path_name(str(data)))
+def data_label(data: str, classes: int = 0) -> str:
+    """How runs and tables name a run's data: ``stanford-cars``, or ``stanford-cars-first50`` under --classes 50."""
+    return path_name(data) + (f"-first{classes}" if classes else "")
 
 
 def slug(value: Any) -> str:
