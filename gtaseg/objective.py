@@ -1,7 +1,8 @@
 """The training objective: L = CE + λ · (the method's term), for one micro-batch.
 
-For GTA the term is Σ_{blocks,heads}‖A_cls\\1 − Ã_cls\\1‖² between the pre-softmax [cls]-query logits of the
-trainable target and of the frozen source (gtaseg.attention captures them during each model's own forward).
+The method (:mod:`gtaseg.methods`) says what each forward records and computes its term from that; for GTA it is
+Σ_{blocks,heads}‖A_cls\\1 − Ã_cls\\1‖² between the pre-softmax [cls]-query logits of the trainable target and of
+the frozen source (gtaseg.attention captures them during each model's own forward).
 An :class:`Objective` is built from modules, with no files on disk::
 
     objective = Objective(model, METHODS["gta"], source=copy.deepcopy(model).eval(), lam=1.0)
@@ -20,11 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gtaseg.attention import Captured, capture, resolve_blocks
-from gtaseg.distill import DISTILL_TERMS
 from gtaseg.errors import GtasegError
-from gtaseg.methods import Method
+from gtaseg.methods import REDUCTIONS, Forwards, Layout, Method
 from gtaseg.models import ModelInfo
-from gtaseg.regularizers import batch_spectral_shrinkage, guidance_l2, l2_sp
 from gtaseg.transmix import TransMix
 
 
@@ -81,28 +80,30 @@ class Objective:
     """Cross-entropy of the target plus λ · the method's term against a frozen source or starting point.
 
     ``target``: the model being trained (the bare model: the optimizer, saving and evaluation use it).
+    ``method``: the :class:`~gtaseg.methods.Method` class, set up here for ``target`` (after its ``freeze``).
     ``source``: the frozen model guidance pulls towards (methods with ``needs_source``).
+    ``reduction``: ``mean`` divides a term that has an entry count by it, ``sum`` leaves it summed.
     ``renormalize``: maps the target's input to the source's normalisation (:func:`renormalizer`).
     ``autocast``: the dtype both forwards run in under ``torch.autocast`` (None: full precision); the guided
     [cls] logits are computed in fp32 either way (gtaseg.attention).
     ``label_smoothing``: ε of the cross-entropy's targets, (1 − ε)·y + ε/K, TransMix's mixed targets included.
     """
 
-    def __init__(self, target: nn.Module, method: Method, *, source: nn.Module | None = None, lam: float = 0.0,
+    def __init__(self, target: nn.Module, method: type[Method], *, source: nn.Module | None = None, lam: float = 0.0,
                  reduction: str = "mean", blocks: Sequence[int] | None = None, transmix: TransMix | None = None,
                  patch_size: int | None = None, renormalize: Callable[[Tensor], Tensor] | None = None,
                  autocast: torch.dtype | None = None, label_smoothing: float = 0.0):
         if method.needs_source and source is None:
             raise ValueError(f"method {method.name} needs a source model")
-        self.target, self.method, self.source = target, method, source
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.target, self.source = target, source
         self.lam, self.reduction, self.transmix = lam, reduction, transmix
         self.guided = resolve_blocks(target, blocks)
         self.last_block = len(target.blocks) - 1
         self.patch_size = patch_size or target.patch_embed.patch_size[0]
         self.renormalize, self.autocast, self.label_smoothing = renormalize, autocast, label_smoothing
-        # L2-SP's starting point: the backbone as it is now (the new head has none).
-        self.reference = ({n: p.detach().clone() for n, p in target.named_parameters()
-                           if p.requires_grad and not n.startswith("head.")} if method.name == "l2sp" else None)
+        self.method = method(target, self.guided)  # L2-SP takes its starting point here
         # What runs the target's forward: DDP-wrapped by distribute(), compiled by compile().
         self.forward: nn.Module = TargetForward(target)
         self.ddp: nn.parallel.DistributedDataParallel | None = None
@@ -155,43 +156,27 @@ class Objective:
                     self.source_features(self.renormalize(images) if self.renormalize else images)
             with self._recording("target", mixed is not None) as cap:
                 features, logits = self.forward(images)
+        grid = tuple(s // self.patch_size for s in images.shape[-2:])
         if mixed is not None:
-            grid = tuple(s // self.patch_size for s in images.shape[-2:])
             targets = self.transmix.soft_targets(mixed, cap.cls_attention(self.last_block), grid)
             if self.label_smoothing:
                 targets = targets * (1 - self.label_smoothing) + self.label_smoothing / targets.shape[-1]
             ce = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
         else:
             ce = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-        reg = self.term(cap, src, features)
+        reg = self.method.term(Forwards(cap, src, features))
+        entries = self._entries(grid[0] * grid[1])
+        if self.reduction == "mean" and entries is not None:
+            reg = reg / entries
         return ce + self.lam * reg, {"ce": ce.detach(), "reg": reg.detach()}
 
-    def term(self, cap: Captured, src: Captured | None, features: Tensor) -> Tensor:
-        """The method's extra term from what the target's (``cap``) and source's (``src``) forwards recorded."""
-        guide, name = self.method.guide, self.method.name
-        if guide in DISTILL_TERMS:  # attention transfer: cross-entropy between attention maps
-            return DISTILL_TERMS[guide](cap, src, self.guided)
-        if guide == "logits":  # GTA
-            return guidance_l2(cap.cls_logits(self.guided), src.cls_logits(self.guided), self.reduction)
-        if guide in ("block", "msa"):
-            kind = "block_out" if guide == "block" else "msa_out"
-            return guidance_l2([getattr(cap, kind)[b] for b in self.guided], [getattr(src, kind)[b] for b in self.guided],
-                               self.reduction)
-        if name == "l2sp":
-            return l2_sp(self.target, self.reference)
-        if name == "bss":
-            return batch_spectral_shrinkage(features)
-        return torch.zeros((), device=features.device)
+    def _entries(self, patches: int) -> int | None:
+        return self.method.entries(Layout.of(self.target, len(self.guided), patches))
 
     def term_entries(self, image_size: int) -> int | None:
-        """Entries the guidance term sums per image at ``image_size`` (None: the method has none): L·H·N for GTA's
-        [cls] logits, Σ_blocks T·C for block or MSA outputs. ``reduction="mean"`` divides the sum by this."""
-        n = (image_size // self.patch_size) ** 2
-        if self.method.guide == "logits":
-            return len(self.guided) * self.target.blocks[0].attn.num_heads * n
-        if self.method.guide in ("block", "msa"):
-            return len(self.guided) * (n + self.target.num_prefix_tokens) * self.target.embed_dim
-        return None
+        """Entries the method's term sums per image at ``image_size`` (None: it has no entry count); ``reduction=
+        "mean"`` divides the sum by this."""
+        return self._entries((image_size // self.patch_size) ** 2)
 
     def lam_conversion(self, image_size: int) -> dict | None:
         """What λ means in the other reduction (written beside the config as config.json's lam_conversion)."""
@@ -206,13 +191,11 @@ class Objective:
     # ------------------------------------------------------------------------------------------ capture
 
     def _capture(self, model: nn.Module, last_block_logits: bool = False) -> ContextManager[Captured]:
-        """A capture of what the method guides in ``model`` (and the last block's [cls] logits for TransMix)."""
-        guide = self.method.guide
-        logit_blocks = set(self.guided if guide in ("logits", "cls-probs") else [])
-        logit_blocks |= {self.last_block} if last_block_logits else set()
-        return capture(model, sorted(logit_blocks), block_outputs=self.guided if guide == "block" else (),
-                       msa_outputs=self.guided if guide == "msa" else (),
-                       queries_keys=self.guided if guide == "maps" else ())
+        """A capture of what the method records in ``model`` (and the last block's [cls] logits for TransMix)."""
+        wanted = self.method.records()
+        logit_blocks = set(wanted.logits) | ({self.last_block} if last_block_logits else set())
+        return capture(model, sorted(logit_blocks), block_outputs=wanted.block_outputs,
+                       msa_outputs=wanted.msa_outputs, queries_keys=wanted.queries_keys)
 
     def _recording(self, which: str, last_block_logits: bool = False) -> ContextManager[Captured]:
         """The capture for one forward of the target or the source: fresh hooks, or under compile() the

@@ -6,33 +6,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gtaseg.methods import REDUCTIONS
 
+def guidance_l2(target: Sequence[Tensor] | Tensor, source: Sequence[Tensor] | Tensor) -> Tensor:
+    """‖target − source‖² summed over every non-batch entry of every tensor, averaged over the batch.
 
-def guidance_entries(target: Sequence[Tensor] | Tensor) -> int:
-    """How many entries a guidance term sums per image: L·H·N for [B, L, H, N] logits, Σ_blocks T·C for
-    lists of [B, T, C] outputs. λ_sum = λ_mean / this."""
-    tensors = [target] if isinstance(target, Tensor) else target
-    return sum(t[0].numel() for t in tensors)
-
-
-def guidance_l2(target: Sequence[Tensor] | Tensor, source: Sequence[Tensor] | Tensor, reduction: str = "sum") -> Tensor:
-    """‖target − source‖² over every non-batch entry of every tensor, averaged over the batch.
-
-    With [B, L, H, N] [cls] logits this is GTA's Σ_{blocks,heads}‖A_cls\\1 − Ã_cls\\1‖²; with lists of
-    [B, T, C] block or MSA outputs it is the L2 guidance of features. ``reduction``: ``sum`` over the entries
-    (Eq. 5 as written), or their ``mean``, which keeps one λ meaningful across resolutions, patch sizes, depths
-    and guided-block subsets (the sum divided by :func:`guidance_entries`).
+    With [B, L, H, N] [cls] logits this is GTA's Σ_{blocks,heads}‖A_cls\\1 − Ã_cls\\1‖² (Eq. 5 as written); with
+    lists of [B, T, C] block or MSA outputs it is the L2 guidance of features. The mean over the entries (``--lam-
+    reduction mean``) divides this by the method's entry count (:meth:`gtaseg.methods.Method.entries`).
     """
     if isinstance(target, Tensor):
         target, source = [target], [source]
     total = 0.0
     for t, s in zip(target, source, strict=True):
         total = total + (t.float() - s.float()).pow(2).flatten(1).sum(1).mean()
-    if reduction == "mean":
-        return total / guidance_entries(target)
-    if reduction != "sum":
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return total
 
 

@@ -1,5 +1,6 @@
 """The effect benchmark's pieces: λ reductions, the localised glyph cue, the validation split, attention mass,
 and hyperparameters chosen on validation (fair) or at the paper's fixed recipe (on test)."""
+import copy
 import json
 from dataclasses import replace
 
@@ -11,7 +12,10 @@ from PIL import Image
 from gtaseg.data.synthetic import SyntheticConfig, generate, glyph_look, synthetic_split, cue_mask_paths
 from gtaseg.errors import DataError, GtasegError
 from gtaseg.evaluation.mass import patch_cover, region_mass
-from gtaseg.regularizers import guidance_entries, guidance_l2
+from gtaseg.methods import METHODS
+from gtaseg.models import create_vit
+from gtaseg.objective import Objective
+from gtaseg.regularizers import guidance_l2
 from gtaseg.train import TrainConfig, build_training
 
 GLYPH = SyntheticConfig(num_classes=4, train_per_class=10, test_per_class=8, val_per_class=8, image_size=64,
@@ -26,18 +30,20 @@ def glyph_root(tmp_path_factory):
 # ------------------------------------------------------------------------------------------- reduction
 
 
-def test_mean_reduction_is_the_sum_over_entries():
+def test_guidance_l2_sums_over_entries_and_averages_over_the_batch():
     torch.manual_seed(0)
     t, s = torch.randn(3, 2, 4, 5), torch.randn(3, 2, 4, 5)
     slow = sum(((t[b] - s[b]) ** 2).sum() for b in range(3)) / 3
-    assert guidance_l2(t, s, "sum") == pytest.approx(slow.item(), rel=1e-5)
-    assert guidance_l2(t, s, "mean") == pytest.approx(((t - s) ** 2).mean().item(), rel=1e-5)
+    assert guidance_l2(t, s) == pytest.approx(slow.item(), rel=1e-5)
     blocks_t, blocks_s = [torch.randn(2, 7, 3), torch.randn(2, 7, 3)], [torch.randn(2, 7, 3), torch.randn(2, 7, 3)]
-    assert guidance_entries(blocks_t) == 2 * 7 * 3
-    assert guidance_l2(blocks_t, blocks_s, "mean") == pytest.approx(
-        (guidance_l2(blocks_t, blocks_s, "sum") / 42).item(), rel=1e-6)
-    with pytest.raises(ValueError):
-        guidance_l2(t, s, "max")
+    slow = sum(((a - b) ** 2).sum() for a, b in zip(blocks_t, blocks_s)) / 2
+    assert guidance_l2(blocks_t, blocks_s) == pytest.approx(slow.item(), rel=1e-5)
+
+
+def test_an_unknown_reduction_is_refused():
+    model = create_vit("vit_tiny_patch16_224", 3)
+    with pytest.raises(ValueError, match="reduction"):
+        Objective(model, METHODS["gta"], source=copy.deepcopy(model), reduction="max")
 
 
 @pytest.mark.parametrize("method", ["gta", "guide-block", "guide-msa"])

@@ -106,11 +106,3 @@ def test_each_method_updates_exactly_its_parameters(tmp_path, tiny_folder, metho
     assert changed >= {n for n in expected if n.startswith("head.") or ".attn.qkv" in n or ".mlp.fc1" in n}
     assert changed >= {n for n in before if n.startswith("head.")}
 
-
-def test_transmix_trains_and_uses_last_block_attention(tmp_path, tiny_folder):
-    t = make_trainer(tmp_path, tiny_folder, method="baseline", transmix=True)
-    images, labels = batch(t)
-    loss, terms = t.objective.loss(images, labels)
-    assert torch.isfinite(loss) and terms["reg"].item() == 0.0
-    loss.backward()
-    assert t.model.head.weight.grad is not None

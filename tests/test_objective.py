@@ -98,7 +98,8 @@ def test_a_source_with_its_own_normalisation_sees_its_own_pixels(tmp_path, tiny_
     labels = torch.arange(4) % 3
     _, terms = t.objective.loss(images, labels)
     t.model.eval()
-    expected = guidance_l2(cls_logits(t.model, images), cls_logits(t.objective.source, (pixels - 0.5) / 0.25), "mean")
+    expected = guidance_l2(cls_logits(t.model, images), cls_logits(t.objective.source, (pixels - 0.5) / 0.25))
+    expected = expected / t.objective.term_entries(32)  # --lam-reduction mean
     assert terms["reg"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 

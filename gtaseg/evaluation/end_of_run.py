@@ -19,7 +19,8 @@ from gtaseg.data.split import Split
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.accuracy import topk_accuracy
 from gtaseg.models import ModelInfo
-from gtaseg.regularizers import guidance_entries, guidance_l2
+from gtaseg.methods import METHODS, Layout
+from gtaseg.regularizers import guidance_l2
 from gtaseg.rundir import Prediction, prediction_ids
 
 # Test images on which the [cls]-logit drift from the initial weights is logged during training.
@@ -63,7 +64,7 @@ class DriftProbe:
         data = eval_dataset(test.subset(picks), image_size, crop_pct, info.mean, info.std)
         self.images = stack_readable(data, bad_images).to(device)
         self.start = self._logits(model)
-        self.entries = guidance_entries(self.start)
+        self.entries = METHODS["gta"].entries(Layout.of(model, len(model.blocks), self.start.shape[-1]))
 
     @torch.inference_mode()
     def _logits(self, model: nn.Module) -> Tensor:

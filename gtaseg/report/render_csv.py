@@ -36,7 +36,7 @@ def table_csv(table: Table, labels: dict[str, dict[str, str]], metrics: tuple[Me
         w.writerow(CELL_COLUMNS + metric_columns(metrics))
     for row, c in table.filled():
         alpha = METHODS[c.method].default_lam if c.method in METHODS else 0.0
-        reductions = {r.lam_reduction for r in c.runs} if alpha and METHODS[c.method].guide else set()
+        reductions = {r.lam_reduction for r in c.runs} if alpha and METHODS[c.method].needs_source else set()
         w.writerow([table.slug, c.dataset, " / ".join(row.label), c.method, source_label(c.source, labels),
                     int(c.transmix), f"{c.rate:g}", f"{c.lam:g}", f"{alpha:g}",
                     ";".join(f"{x:g}" for x in c.lams_tried), int(c.fallback), c.n,
