@@ -178,7 +178,8 @@ def default(name: str) -> Any:
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """A copy of ``cfg`` with the preset, the method's λ and the source filled in, checked option by option."""
+    """A copy of ``cfg`` with the preset, the method's λ and the source filled in, checked option by option
+    (``--synthetic``'s options are the data layer's to check: :func:`gtaseg.data.synthetic.check_options`)."""
     cfg = copy.deepcopy(cfg)
     if cfg.method not in METHODS:
         raise GtasegError(f"unknown --method {cfg.method!r}; choose from {', '.join(METHODS)}")
@@ -199,10 +200,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         choices = FIELDS[name].metadata["choices"]
         if getattr(cfg, name) not in choices:
             raise GtasegError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: choose {' or '.join(choices)}")
-    if cfg.data == "synthetic":
-        from gtaseg.data.synthetic import SyntheticConfig
-
-        SyntheticConfig.from_options(cfg.synthetic)
     if cfg.warmup_steps >= cfg.steps:
         raise GtasegError(f"--warmup-steps {cfg.warmup_steps} leaves no step of the cosine schedule; use fewer "
                           f"than --steps {cfg.steps}")

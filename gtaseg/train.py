@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,9 +22,10 @@ from tqdm import tqdm
 from gtaseg import distributed
 from gtaseg.checkpointing import load_state, restore, save_checkpoint, set_rng_state
 from gtaseg.config import TrainConfig, changed_options, resolve
-from gtaseg.data.pipeline import BadImages, Batches, eval_batches, eval_dataset, load_run_splits, train_dataset
+from gtaseg.data.pipeline import BadImages, Batches, LoaderSettings, load_run_splits, train_dataset
 from gtaseg.data.sampling import describe_sample, realised_fraction
 from gtaseg.data.split import Split
+from gtaseg.data.synthetic import check_options as check_synthetic_options
 from gtaseg.errors import CheckpointError, GtasegError
 from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy, split_scores
 from gtaseg.head_probe import head_features, probe_head
@@ -56,7 +56,7 @@ class Training:
     objective: Objective
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    bad_images: BadImages
+    loading: LoaderSettings  # how the probe, the validation and the end of run read their images
     probe: DriftProbe
     train_set: torch.utils.data.Dataset
     probe_top1: float | None  # --head-init probe: the probe's top-1 on the training images
@@ -67,19 +67,27 @@ class Training:
     def classes(self) -> list[str]:
         return self.train_split.classes
 
-    def batches(self, drawn: int = 0) -> Batches:
-        """The training stream of this rank, after ``drawn`` micro-batches."""
+    @property
+    def bad_images(self) -> BadImages:
+        return self.loading.bad_images
+
+    def batches(self) -> Batches:
+        """The training stream of this rank, from its start (a checkpoint moves it on: ``load_state_dict``)."""
         ctx = distributed.current()
         return Batches(self.train_set, batch_size=self.cfg.batch_size, seed=self.cfg.seed, workers=self.cfg.workers,
-                       bad_images=self.bad_images, data=self.cfg.data, drawn=drawn, rank=ctx.rank,
-                       world_size=ctx.world_size, pin_memory=self.device.type == "cuda")
+                       bad_images=self.bad_images, rank=ctx.rank, world_size=ctx.world_size,
+                       pin_memory=self.device.type == "cuda", gather=distributed.gather_ints)
 
 
-def build_training(cfg: TrainConfig) -> Training:
-    """Data, networks, objective and optimizer of a run of ``cfg``, at step 0, on ``cfg.device`` (this rank's GPU
-    under torchrun). The order is fixed: each piece that draws from torch's RNG (the new head, a random init, the
-    loader) draws what it drew in every earlier run."""
-    cfg, ctx = resolve(cfg), distributed.current()
+def build_training(cfg: TrainConfig, probe_top1: float | None = None) -> Training:
+    """Data, networks, objective and optimizer of a run of ``cfg`` (resolved: :func:`gtaseg.config.resolve`), at
+    step 0, on ``cfg.device`` (this rank's GPU under torchrun). The order is fixed: each piece that draws from
+    torch's RNG (the new head, a random init, the loader) draws what it drew in every earlier run.
+
+    ``probe_top1``: ``--head-init probe`` resumed from a checkpoint that holds the probe's top-1; the head comes
+    from the checkpoint, so the probe is not fitted again (nothing else sees it: the source runs its features
+    only, L2-SP's starting point and the drift probe leave the head out)."""
+    ctx = distributed.current()
     device = distributed.device_for(cfg.device, ctx)
     torch.manual_seed(cfg.seed)
     method = METHODS[cfg.method]
@@ -92,7 +100,8 @@ def build_training(cfg: TrainConfig) -> Training:
     if cfg.eval_every and splits.val is None:
         raise GtasegError(f"--eval-every needs a validation split: {cfg.data} has none (add --val-fraction F, "
                           f"a val/ folder, or --synthetic val_per_class=N)")
-    bad_images = BadImages(cfg.on_bad_image)
+    loading = LoaderSettings(cfg.image_size, cfg.eval_crop_pct, cfg.batch_size, cfg.workers, device,
+                             BadImages(cfg.on_bad_image))
 
     # -------------------------------------------------------------------------------- networks
     model, info = load_model(cfg.init, arch=cfg.arch, num_classes=len(classes))
@@ -100,9 +109,8 @@ def build_training(cfg: TrainConfig) -> Training:
     info = replace(info, classes=classes, image_size=cfg.image_size, eval_crop_pct=cfg.eval_crop_pct)
     check_image_size(cfg.image_size, info.patch_size)  # weights whose spec does not name their architecture
     model.to(device).train()
-    probe_top1 = None
-    if cfg.head_init == "probe":
-        probe_top1 = fit_head(model, info, split, cfg, device, bad_images)
+    if cfg.head_init == "probe" and probe_top1 is None:
+        probe_top1 = fit_head(model, info, split, loading)
     method.freeze(model)
     source, renormalize = None, None
     if method.needs_source:
@@ -135,22 +143,20 @@ def build_training(cfg: TrainConfig) -> Training:
     # -------------------------------------------------------------------- datasets, drift probe
     train_set = train_dataset(split, image_size=cfg.image_size, mean=info.mean, std=info.std,
                               crop_scale=cfg.crop_scale, randaugment=cfg.randaugment)
-    probe = DriftProbe(model, info, splits.test, image_size=cfg.image_size, crop_pct=cfg.eval_crop_pct,
-                       device=device, bad_images=bad_images)
+    probe = DriftProbe(model, info, splits.test, loading)
     return Training(cfg, device, split, splits.val, splits.val_origin, splits.test, model, info, objective,
-                    optimizer, scheduler, bad_images, probe, train_set, probe_top1)
+                    optimizer, scheduler, loading, probe, train_set, probe_top1)
 
 
-def fit_head(model: nn.Module, info: ModelInfo, split: Split, cfg: TrainConfig, device: torch.device,
-             bad_images: BadImages) -> float:
+def fit_head(model: nn.Module, info: ModelInfo, split: Split, loading: LoaderSettings) -> float:
     """``--head-init probe``: the head fitted on the starting backbone's features of the training images, under the
     eval transform. Its loader's draw from torch's RNG is undone, so a run draws what it drew without it."""
-    dataset = eval_dataset(split, cfg.image_size, cfg.eval_crop_pct, info.mean, info.std)
+    dataset = loading.dataset(split, info.mean, info.std)
+    device = loading.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        batches = eval_batches(dataset, cfg.batch_size, cfg.workers, bad_images, cfg.data,
-                               pin_memory=device.type == "cuda")
-        features, labels = head_features(model, tqdm(batches, total=-(-len(dataset) // cfg.batch_size),
-                                                     desc="probe head", unit="batch", leave=False), device)
+        batches = tqdm(loading.batches(dataset), total=loading.count(dataset), desc="probe head", unit="batch",
+                       leave=False)
+        features, labels = head_features(model, batches, device)
     return probe_head(model, features, labels)
 
 
@@ -174,17 +180,29 @@ def optimizer_step(objective: Objective, optimizer: torch.optim.Optimizer, sched
     return totals
 
 
-@dataclass
 class Interval:
-    """Running sums of the loss terms since the last metrics row (resumed with the checkpoint)."""
+    """Running sums of the loss terms since the last metrics row, on ``device``: where the metrics log stands
+    within its interval (saved and restored with the checkpoint)."""
 
-    sums: dict[str, Tensor] = field(default_factory=dict)
-    count: int = 0
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
 
     def add(self, terms: dict[str, Tensor]) -> None:
         for k, v in terms.items():
             self.sums[k] = self.sums.get(k, 0) + v
         self.count += 1
+
+    def state_dict(self) -> dict:
+        return {"sums": {k: torch.as_tensor(v).detach().cpu() for k, v in self.sums.items()}, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        self.count = int(state["count"])
 
 
 class BestWeights:
@@ -210,53 +228,33 @@ def validate(t: Training) -> dict[str, float]:
     """Top-1/top-5 on the validation split, the model back in training mode after, and torch's RNG as it was
     (a loader draws its seed from it), so that evaluating changes nothing the training would draw."""
     with torch.random.fork_rng(devices=[t.device] if t.device.type == "cuda" else []):
-        acc = split_accuracy(t.model, t.info, t.val_split, image_size=t.cfg.image_size, crop_pct=t.cfg.eval_crop_pct,
-                             batch_size=t.cfg.batch_size, workers=t.cfg.workers, device=t.device,
-                             bad_images=t.bad_images, data=t.cfg.data, desc="eval val")
+        acc = split_accuracy(t.model, t.info, t.val_split, t.loading, desc="eval val")
     t.model.train()
     return acc
 
 
 # ------------------------------------------------------------------------------------------ checkpoint
 
+def state_objects(t: Training, batches: Batches, interval: Interval, best: BestWeights | None) -> dict:
+    """Everything of a run that saves and restores itself, under its name in the checkpoint."""
+    transmix = t.objective.transmix
+    return {"model": t.model, "optimizer": t.optimizer, "scheduler": t.scheduler, "batches": batches,
+            "log": interval, "bad_images": t.bad_images, **({"transmix": transmix} if transmix is not None else {}),
+            **({"best": best} if best is not None else {})}
+
+
 def save(t: Training, run: RunDir, step: int, batches: Batches, interval: Interval, best: BestWeights | None) -> None:
-    """The whole training state into the run's checkpoint.pt (collectives on every rank; rank 0 writes)."""
-    ctx = distributed.current()
+    """The whole training state into the run's checkpoint.pt: built on every rank (the batch stream's state is
+    every rank's count, a collective), written by rank 0."""
     # The partial metrics sums become their mean over ranks: every rank resumes from that, and the interval's
     # row (a mean over ranks) comes out as if the run had not stopped.
-    if ctx.enabled:
+    if distributed.current().enabled:
         interval.sums = distributed.all_reduce_mean(interval.sums)
-    draws = distributed.gather_ints(batches.drawn)
-    if not ctx.is_main:
-        return
-    transmix = t.objective.transmix
-    save_checkpoint(run.checkpoint, {
-        "step": step,
-        "draws": draws,  # micro-batches each rank has drawn from the seeded stream: where it resumes
-        "config": asdict(t.cfg),
-        "log": {"sums": {k: torch.as_tensor(v).detach().cpu() for k, v in interval.sums.items()},
-                "count": interval.count},
-        "skipped": dict(t.bad_images.skipped),
-        "transmix_rng": transmix.rng.bit_generator.state if transmix is not None else None,
-    }, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, **({"best": best} if best else {}))
+    save_checkpoint(run.checkpoint, {"step": step, "config": asdict(t.cfg), "probe_top1": t.probe_top1},
+                    write=distributed.current().is_main, **state_objects(t, batches, interval, best))
 
 
-def stream_draws(state: dict[str, Any], cfg: TrainConfig, path: Path) -> list[int]:
-    """Micro-batches drawn per rank at the checkpoint, checked against this run's number of processes."""
-    world_size = distributed.current().world_size
-    if "draws" in state:
-        draws = list(state["draws"])
-    else:  # written before skipped batches were counted: every rank drew step × accum micro-batches
-        per_rank = state["step"] * cfg.batch_size * cfg.accum_steps
-        ranks = state["position"] // per_rank if per_rank else world_size
-        draws = [state["step"] * cfg.accum_steps] * ranks
-    if any(draws) and len(draws) != world_size:
-        raise CheckpointError(f"{path}: written by a run of {len(draws)} processes; resume it with as many "
-                              f"(torchrun --nproc_per_node {len(draws)}), not {world_size}")
-    return draws if any(draws) else [0] * world_size
-
-
-def verify_state(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+def verify_state(state: dict, cfg: TrainConfig, path: Path) -> None:
     """The checkpoint was written by this very run: its options match the run's config.json."""
     changed = changed_options(state["config"], cfg)
     if changed:
@@ -264,25 +262,29 @@ def verify_state(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
                               f"config.json")
 
 
-def resume_state(t: Training, run: RunDir, best: BestWeights | None) -> tuple[int, int, Interval, dict | None]:
-    """Bring freshly built ``t`` to the stopped run's checkpoint (none: start again from step 0, which gives the
-    same result). Returns the step, this rank's stream draws, the metrics interval, and the global RNG states to
-    restore once the loader exists (creating it draws from torch's RNG)."""
+def stopped_state(run: RunDir, cfg: TrainConfig) -> dict | None:
+    """The checkpoint of the stopped run in ``run``, checked against ``cfg`` (None: it stopped before its first
+    checkpoint, and starts again from step 0, which gives the same result)."""
+    if not run.checkpoint.exists():
+        return None
+    state = load_state(run.checkpoint)
+    verify_state(state, cfg, run.checkpoint)
+    return state
+
+
+def resume_run(t: Training, run: RunDir, state: dict | None, batches: Batches, interval: Interval,
+               best: BestWeights | None) -> int:
+    """Bring freshly built ``t`` (and its stream, metrics interval and best weights) to the stopped run's
+    checkpoint ``state``; returns its step. Call it once the stream exists: creating it draws from torch's RNG,
+    as it did in the first run, and the RNGs are restored only after that."""
     run.check_train_files(t.train_split.samples, t.classes)
     if t.val_origin == "held out":
         run.check_train_files(t.val_split.samples, t.classes, VAL_FILES)
-    if not run.checkpoint.exists():
-        return 0, 0, Interval(), None
-    state = load_state(run.checkpoint)
-    verify_state(state, t.cfg, run.checkpoint)
-    draws = stream_draws(state, t.cfg, run.checkpoint)
-    restore(state, run.checkpoint, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
-            **({"best": best} if best else {}))
-    if t.objective.transmix is not None:
-        t.objective.transmix.rng.bit_generator.state = state["transmix_rng"]
-    t.bad_images.skipped = dict(state["skipped"])
-    interval = Interval({k: v.to(t.device) for k, v in state["log"]["sums"].items()}, int(state["log"]["count"]))
-    return int(state["step"]), draws[distributed.current().rank], interval, state["rng"]
+    if state is None:
+        return 0
+    restore(state, run.checkpoint, **state_objects(t, batches, interval, best))
+    set_rng_state(state["rng"])
+    return int(state["step"])
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -294,7 +296,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     continues from its last checkpoint and ends with the same weights and metrics as a run never stopped.
     A new run that stops before its first checkpoint (bad data or weights, an unreadable image, a non-finite
     loss) leaves nothing in ``out``: there is nothing to resume, and the same command can take ``out`` again."""
-    out, cfg = Path(out), resolve(cfg)  # bad options fail before the run directory exists
+    # The one place the config is resolved: bad options fail before the run directory exists.
+    out, cfg = Path(out), resolve(cfg)
+    check_synthetic_options(cfg.data, cfg.synthetic)
     check_model_options(cfg.init, cfg.arch, cfg.image_size)
     run = RunDir(out)
     if (run / CONFIG).exists() and not resume:
@@ -316,16 +320,18 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool) -> dict:
     created = distributed.setup(cfg.device)  # joins torchrun's ranks; a no-op in a single process
     ctx = distributed.current()
     distributed.barrier()  # every rank has looked for an old run before rank 0 writes the new one
-    t = build_training(cfg)
+    state = stopped_state(run, cfg) if resume else None
+    t = build_training(cfg, probe_top1=state.get("probe_top1") if state else None)
     out.mkdir(parents=True, exist_ok=True)  # only once the run is built: a start that fails leaves no folder
     if ctx.is_main:
         tqdm.write(describe_sample(t.train_split, cfg.sampling_rate), file=sys.stderr)
     best = BestWeights(run / BEST) if cfg.keep == "best" else None
+    batches, interval = t.batches(), Interval(t.device)
 
-    step, drawn, interval, rng, checkpoint_step = 0, 0, Interval(), None, None
+    step, checkpoint_step = 0, None
     if resume:
-        step, drawn, interval, rng = resume_state(t, run, best)
-        checkpoint_step = step if rng is not None else None
+        step = resume_run(t, run, state, batches, interval, best)
+        checkpoint_step = step if state is not None else None
         if ctx.is_main:
             run.truncate_metrics(step)
     elif ctx.is_main:
@@ -334,9 +340,6 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool) -> dict:
         if t.val_origin == "held out":
             run.write_train_files(t.val_split.samples, t.classes, VAL_FILES)
 
-    batches = t.batches(drawn)
-    if rng is not None:
-        set_rng_state(rng)  # only now: building the loader drew from torch's RNG, as it did in the first run
     images_per_step = cfg.batch_size * cfg.accum_steps * ctx.world_size  # over all ranks
     guard = FiniteGuard()
     tensorboard = None
@@ -376,7 +379,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool) -> dict:
                         if tensorboard is not None:
                             tensorboard.write(row)
                     bar.set_postfix({k: row[k] for k in ("loss", "ce", "reg", "images_per_s")})
-                    interval, t0 = Interval(), time.perf_counter()
+                    interval.reset()
+                    t0 = time.perf_counter()
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps) and ctx.is_main:
                     val = validate(t)
                     run.append_metrics({"step": step, "val_top1": val["top1"], "val_top5": val["top5"]})
@@ -431,15 +435,10 @@ def evaluate(t: Training, step: int, run: RunDir, best: BestWeights | None = Non
     wall-clock seconds of the training (since the run was built) and of this evaluation; the test predictions
     behind that top-1 go into the run's test_predictions.csv."""
     cfg, started = t.cfg, time.perf_counter()
-    common = dict(image_size=cfg.image_size, crop_pct=cfg.eval_crop_pct, batch_size=cfg.batch_size,
-                  workers=cfg.workers, device=t.device, bad_images=t.bad_images)
-    acc, predictions = split_scores(t.model, t.info, t.test_split, data=cfg.data, desc="eval test", **common)
+    acc, predictions = split_scores(t.model, t.info, t.test_split, t.loading, desc="eval test")
     run.write_predictions(predictions)
-    val = (split_accuracy(t.model, t.info, t.val_split, data=cfg.data, desc="eval val", **common)
-           if t.val_split is not None else {})
-    quality = attention_quality(t.model, t.info, t.test_split, data=cfg.data, image_size=cfg.image_size,
-                                crop_pct=cfg.eval_crop_pct, batch_size=cfg.batch_size, workers=cfg.workers,
-                                device=t.device, probe=t.probe, bad_images=t.bad_images)
+    val = split_accuracy(t.model, t.info, t.val_split, t.loading, desc="eval val") if t.val_split is not None else {}
+    quality = attention_quality(t.model, t.info, t.test_split, cfg.data, t.loading, t.probe)
     return {"top1": acc["top1"], "top5": acc["top5"], "val_top1": val.get("top1"), "val_top5": val.get("top5"),
             "val_images": val.get("count"), "val_origin": t.val_origin, "head_init": cfg.head_init,
             "probe_train_top1": t.probe_top1, "keep": cfg.keep, "best_step": best.step if best else None,

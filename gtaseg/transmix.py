@@ -40,6 +40,13 @@ class TransMix:
         lam = float(self.rng.beta(self.mixup_alpha, self.mixup_alpha))
         return MixedBatch(images * lam + flipped * (1.0 - lam), labels, lam, None)
 
+    def state_dict(self) -> dict:
+        """Where its generator stands (plain ints and strings, as ``torch.load(weights_only=True)`` reads)."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
     def _box(self, size: torch.Size, lam: float) -> tuple[int, int, int, int]:
         """CutMix's box of area ≈ (1 − lam), centred uniformly and clipped; drawn from this object's RNG (not
         numpy's global one, as timm's rand_bbox is) so a resumed run mixes the same boxes."""

@@ -14,7 +14,7 @@ def step(t, batches):
 def run(tmp_path, folder, method, batch_size, accum_steps, steps=3):
     cfg = TrainConfig(method=method, init="random:vit_tiny_patch16_224", data=str(folder), image_size=32,
                       batch_size=batch_size, accum_steps=accum_steps, steps=3, workers=0, lr=2e-5)
-    t = build_training(cfg)
+    t = build_training(resolve(cfg))
     batches = t.batches()  # the real data path: seeded stream, augmentation, loader
     terms = [step(t, batches) for _ in range(steps)]
     return t, terms

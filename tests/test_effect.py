@@ -16,6 +16,7 @@ from gtaseg.methods import METHODS
 from gtaseg.models import create_vit
 from gtaseg.objective import Objective
 from gtaseg.regularizers import guidance_l2
+from gtaseg.config import resolve
 from gtaseg.train import TrainConfig, build_training
 
 GLYPH = SyntheticConfig(num_classes=4, train_per_class=10, test_per_class=8, val_per_class=8, image_size=64,
@@ -51,9 +52,9 @@ def test_sum_at_converted_lambda_is_the_same_loss(tmp_path, tiny_folder, one_thr
     """λ_sum = λ_mean / entries: the two reductions give the same loss, and term_entries counts what is summed."""
     kw = dict(init="random:vit_tiny_patch16_224", data=str(tiny_folder), image_size=32, batch_size=4, steps=2,
               workers=0, method=method, blocks=[0, 2])
-    mean = build_training(TrainConfig(lam=3.0, lam_reduction="mean", **kw))
+    mean = build_training(resolve(TrainConfig(lam=3.0, lam_reduction="mean", **kw)))
     entries = mean.objective.term_entries(32)
-    summed = build_training(TrainConfig(lam=3.0 / entries, lam_reduction="sum", **kw))
+    summed = build_training(resolve(TrainConfig(lam=3.0 / entries, lam_reduction="sum", **kw)))
     summed.model.load_state_dict(mean.model.state_dict())
     with torch.no_grad():  # move the target off the source so that the term is not zero
         for p in list(mean.model.parameters()) + list(summed.model.parameters()):
@@ -95,7 +96,7 @@ def test_config_json_records_the_conversion_and_old_runs_resume_summed(tmp_path,
     (old / "config.json").write_text(json.dumps(config))
     assert RunDir(old).resumed_config().lam_reduction == "sum"
     with pytest.raises(GtasegError, match="lam-reduction"):
-        build_training(TrainConfig(init="random:vit_tiny_patch16_224", data=str(tiny_folder), lam_reduction="max"))
+        resolve(TrainConfig(init="random:vit_tiny_patch16_224", data=str(tiny_folder), lam_reduction="max"))
 
 
 # ----------------------------------------------------------------------------------------- glyph cue
@@ -266,7 +267,6 @@ def test_checkpoint_from_before_the_reduction_option_resumes_summed(tmp_path, ti
     """A checkpoint whose config predates lam_reduction (and tensorboard) means the summed term: it restores into
     a trainer that sums, and is refused by one that takes the mean."""
     from gtaseg.checkpointing import load_state
-    from gtaseg.config import resolve
     from gtaseg.errors import CheckpointError
     from gtaseg.rundir import CHECKPOINT
     from gtaseg.train import train, verify_state

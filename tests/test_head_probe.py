@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gtaseg.config import TrainConfig
+from gtaseg.config import TrainConfig, resolve
 from gtaseg.head_probe import fit_probe, probe_head
 from gtaseg.train import build_training, train
 from tests.conftest import make_image_folder
@@ -44,9 +44,9 @@ def folder(tmp_path_factory):
 
 
 def test_probe_heads_are_deterministic_and_differ_from_timm_s(folder):
-    a, b = (build_training(TrainConfig(data=str(folder), head_init="probe", **TINY, steps=1)) for _ in range(2))
+    a, b = (build_training(resolve(TrainConfig(data=str(folder), head_init="probe", **TINY, steps=1))) for _ in range(2))
     assert torch.equal(a.model.head.weight, b.model.head.weight) and a.probe_top1 == b.probe_top1
-    timm_head = build_training(TrainConfig(data=str(folder), **TINY, steps=1))
+    timm_head = build_training(resolve(TrainConfig(data=str(folder), **TINY, steps=1)))
     assert not torch.equal(a.model.head.weight, timm_head.model.head.weight)
     # The rest of the model, and what the run draws after, are those of a run without the probe.
     for (n, p), (_, q) in zip(a.model.named_parameters(), timm_head.model.named_parameters()):

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from gtaseg.config import resolve
 from gtaseg.methods import METHODS
 from gtaseg.train import Training, TrainConfig, build_training, optimizer_step
 
@@ -13,7 +14,7 @@ def step(t: Training, batches):
 def make_trainer(tmp_path, folder, **kw) -> Training:
     cfg = TrainConfig(init="random:vit_tiny_patch16_224", data=str(folder), image_size=32, batch_size=4,
                       accum_steps=1, steps=4, workers=0, **kw)
-    return build_training(cfg)
+    return build_training(resolve(cfg))
 
 
 def batch(trainer, n=4):

@@ -7,7 +7,7 @@ import timm
 import torch
 
 from gtaseg.attention import capture, cls_logits
-from gtaseg.config import TrainConfig
+from gtaseg.config import TrainConfig, resolve
 from gtaseg.errors import GtasegError
 from gtaseg.methods import METHODS
 from gtaseg.models import create_vit, model_info, save_model
@@ -90,8 +90,8 @@ def test_a_source_with_its_own_normalisation_sees_its_own_pixels(tmp_path, tiny_
     source = create_vit("vit_tiny_patch16_224", 3)
     info = replace(model_info(source, "vit_tiny_patch16_224"), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     save_model(tmp_path / "source.safetensors", source, info)
-    t = build_training(TrainConfig(init="random:vit_tiny_patch16_224", source=str(tmp_path / "source.safetensors"),
-                                   data=str(tiny_folder), image_size=32, batch_size=4, workers=0, method="gta"))
+    t = build_training(resolve(TrainConfig(init="random:vit_tiny_patch16_224", source=str(tmp_path / "source.safetensors"),
+                                           data=str(tiny_folder), image_size=32, batch_size=4, workers=0, method="gta")))
     pixels = torch.rand(4, 3, 32, 32)
     target_mean, target_std = (torch.tensor(v).view(1, 3, 1, 1) for v in (t.info.mean, t.info.std))
     images = (pixels - target_mean) / target_std

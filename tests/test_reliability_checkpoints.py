@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import gtaseg
-from gtaseg.checkpointing import load_state, save_state
+from gtaseg.checkpointing import VERSION, load_state, save_state
 from gtaseg.rundir import CHECKPOINT
 from gtaseg.cli import main
 from tests.conftest import TINY_TRAIN
@@ -109,14 +109,14 @@ def test_training_state_round_trips_under_weights_only(tiny_folder, tmp_path):
     state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
     assert state["step"] == 2 and state["format"] == "gtaseg-train-state"
     assert isinstance(state["rng"]["numpy"]["keys"], torch.Tensor)
-    assert state["transmix_rng"]["bit_generator"] == "PCG64"
+    assert state["transmix"]["rng"]["bit_generator"] == "PCG64"
     assert state["optimizer"]["state"] and state["scheduler"]["last_epoch"] == 2
     assert json.loads((out / "config.json").read_text())["transmix"] is True
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     path = tmp_path / CHECKPOINT
-    good = {"format": "gtaseg-train-state", "version": 1, "step": 4, "w": torch.arange(10.0)}
+    good = {"format": "gtaseg-train-state", "version": VERSION, "step": 4, "w": torch.arange(10.0)}
     save_state(path, good)
     before = path.read_bytes()
     real_save = torch.save

@@ -104,8 +104,8 @@ def test_sigterm_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(tin
     state = load_state(out / CHECKPOINT)
     stopped = state["step"]
     assert 6 <= stopped < STEPS  # part way through
-    assert state["draws"] == [stopped]  # one micro-batch per step, none dropped
-    assert {"model", "optimizer", "scheduler", "rng", "transmix_rng", "log"} <= state.keys()
+    assert state["batches"]["drawn"] == [stopped]  # one micro-batch per step, none dropped
+    assert {"model", "optimizer", "scheduler", "rng", "transmix", "log", "bad_images"} <= state.keys()
     assert not (out / "model.safetensors").exists() and not (out / "final.json").exists()
     assert max(r["step"] for r in metrics(out)) <= stopped
 
@@ -252,7 +252,8 @@ def test_resume_after_dropped_batches_continues_the_stream_where_it_stood(tmp_pa
     out = tmp_path / "run"
     assert run_in_process(*args, "--out", out).exit_code == 130
     state = load_state(out / CHECKPOINT)
-    assert state["step"] == 5 and state["draws"][0] > 5 and state["skipped"]  # batches were dropped before the stop
+    # batches were dropped before the stop
+    assert state["step"] == 5 and state["batches"]["drawn"][0] > 5 and state["bad_images"]["skipped"]
     monkeypatch.setattr(Objective, "loss", loss)
     assert run_in_process("train", "--resume", out).exit_code == 0
     assert_same_run(out, reference)

@@ -318,7 +318,7 @@ def eval_acc(ckpt: str, data: str | None, data_root: str | None, split: str, syn
     """Top-1 and top-5 accuracy of a fine-tuned checkpoint, through the accuracy path training uses: the run's
     image size and centre crop (stored in its model.safetensors), so it reproduces final.json."""
     from gtaseg.config import PRESETS, preset_name
-    from gtaseg.data.pipeline import BadImages
+    from gtaseg.data.pipeline import BadImages, LoaderSettings
     from gtaseg.devices import pick_device
     from gtaseg.evaluation.end_of_run import split_accuracy
     from gtaseg.models import load_model
@@ -337,8 +337,8 @@ def eval_acc(ckpt: str, data: str | None, data_root: str | None, split: str, syn
     crop = info.eval_crop_pct if info.eval_crop_pct is not None else preset["eval_crop_pct"]
     dev = pick_device(device)
     bad = BadImages(on_bad_image)
-    acc = split_accuracy(model.to(dev), info, test, image_size=size, crop_pct=crop, batch_size=batch_size,
-                         workers=workers, device=dev, bad_images=bad, data=data, desc=f"eval {split}")
+    acc = split_accuracy(model.to(dev), info, test, LoaderSettings(size, crop, batch_size, workers, dev, bad),
+                         desc=f"eval {split}")
     click.echo(f"{'top1':>8}{'top5':>8}{'images':>8}")
     click.echo(f"{acc['top1']:>8.2f}{acc['top5']:>8.2f}{acc['count']:>8}")
     if bad.skipped:

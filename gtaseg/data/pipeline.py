@@ -1,4 +1,5 @@
-"""A run's data, in the order it is built: splits → datasets → a seeded loader → the bad-image policy.
+"""A run's data, in the order it is built: splits → datasets → a seeded loader → the bad-image policy; and how an
+evaluation reads a split (:class:`LoaderSettings`).
 
 The training stream is :class:`gtaseg.data.sampler.SeededStream`: every sample's position fixes which image
 it is and how it is augmented. :class:`Batches` counts the micro-batches it has drawn, those left out because
@@ -24,7 +25,7 @@ from gtaseg.data.sampling import stratified_subset
 from gtaseg.data.split import Split
 from gtaseg.data.synthetic import SyntheticConfig, synthetic_root
 from gtaseg.data.transforms import eval_transform, train_transform
-from gtaseg.errors import DataError
+from gtaseg.errors import CheckpointError, DataError
 from gtaseg.stopping import ignore_stop_signals
 
 
@@ -102,7 +103,14 @@ class BadImages:
                 self.skipped[b.path] = b.reason
                 tqdm.write(f"skipping {b.reason}", file=sys.stderr)
 
-    def readable(self, batches: Iterable, size: int, batch_size: int, data: str,
+    def state_dict(self) -> dict:
+        """The files skipped so far (the policy itself is the run's option, not its state)."""
+        return {"skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = dict(state["skipped"])
+
+    def readable(self, batches: Iterable, size: int, batch_size: int,
                  on_draw: Callable[[], None] = lambda: None) -> Iterator[tuple[Tensor, Tensor]]:
         """The (images, labels) of ``collate_marked`` batches with the unreadable images dropped, and batches
         left with none dropped too; ``on_draw`` is called for every batch drawn, dropped ones included."""
@@ -117,7 +125,7 @@ class BadImages:
                     continue
                 empty += 1
                 if empty * batch_size >= 2 * size:  # two epochs' worth of positions: nothing is readable
-                    raise DataError(f"{data}: none of the {size} images could be read")
+                    raise DataError(f"none of the {size} images could be read (the last tried: {bad[-1].reason})")
         finally:
             # Stop the loader's workers now, not whenever the garbage collector finds the iterator: they ignore
             # SIGTERM (ignore_stop_signals), so multiprocessing's exit handler could not stop them and would
@@ -128,21 +136,42 @@ class BadImages:
 
 
 class Batches:
-    """Training micro-batches from the seeded stream, forever, starting after ``drawn`` micro-batches of this
-    rank; :attr:`drawn` counts on as batches are taken (with ``--on-bad-image skip`` a batch without a readable
-    image is drawn but not yielded, so the count, not the number of steps, says where the stream stands)."""
+    """Training micro-batches of this rank from the seeded stream, forever; :attr:`drawn` counts the micro-batches
+    taken (with ``--on-bad-image skip`` a batch without a readable image is drawn but not yielded, so the count,
+    not the number of steps, says where the stream stands). Its state is every rank's count: ``gather`` collects
+    them (a collective under torchrun, so :meth:`state_dict` is called on every rank); :meth:`load_state_dict`,
+    before the first batch, restarts the stream where the stopped run's rank stood."""
 
     def __init__(self, dataset: ImageDataset, *, batch_size: int, seed: int, workers: int, bad_images: BadImages,
-                 data: str, drawn: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
-        self.drawn = drawn
-        stream = SeededStream(len(dataset), seed, start=drawn * batch_size * world_size, rank=rank,
-                              world_size=world_size)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=stream, num_workers=workers,
-                            pin_memory=pin_memory, persistent_workers=workers > 0, collate_fn=collate_marked,
-                            worker_init_fn=ignore_stop_signals)
-        # iter() now, not at the first next(): creating the iterator draws from torch's RNG, which a resumed run
-        # restores only after this point, as the first run drew it.
-        self._it = bad_images.readable(iter(loader), len(dataset), batch_size, data, self._count)
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+                 gather: Callable[[int], list[int]] = lambda n: [n]):
+        self.dataset, self.batch_size, self.seed, self.workers = dataset, batch_size, seed, workers
+        self.bad_images, self.rank, self.world_size, self.pin_memory = bad_images, rank, world_size, pin_memory
+        self._gather, self.drawn = gather, 0
+        # The loader draws its base seed (each worker's RNG seed) when it starts, from this generator: torch's
+        # global RNG as it stands now, which then moves on by that one draw, as it did when the loader started
+        # here. So the stream can start later, after load_state_dict, and every draw stays what it was.
+        self._generator = torch.Generator().set_state(torch.get_rng_state())
+        torch.empty((), dtype=torch.int64).random_()
+        self._it: Iterator[tuple[Tensor, Tensor]] | None = None
+
+    def state_dict(self) -> dict:
+        return {"drawn": self._gather(self.drawn)}
+
+    def load_state_dict(self, state: dict) -> None:
+        drawn = list(state["drawn"])
+        if any(drawn) and len(drawn) != self.world_size:
+            raise CheckpointError(f"written by a run of {len(drawn)} processes; resume it with as many "
+                                  f"(torchrun --nproc_per_node {len(drawn)}), not {self.world_size}")
+        self.drawn = drawn[self.rank] if any(drawn) else 0
+
+    def _start(self) -> Iterator[tuple[Tensor, Tensor]]:
+        stream = SeededStream(len(self.dataset), self.seed, start=self.drawn * self.batch_size * self.world_size,
+                              rank=self.rank, world_size=self.world_size)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=stream, num_workers=self.workers,
+                            pin_memory=self.pin_memory, persistent_workers=self.workers > 0,
+                            collate_fn=collate_marked, worker_init_fn=ignore_stop_signals, generator=self._generator)
+        return self.bad_images.readable(iter(loader), len(self.dataset), self.batch_size, self._count)
 
     def _count(self) -> None:
         self.drawn += 1
@@ -151,11 +180,14 @@ class Batches:
         return self
 
     def __next__(self) -> tuple[Tensor, Tensor]:
+        if self._it is None:
+            self._it = self._start()
         return next(self._it)
 
     def close(self) -> None:
         """Stop the loader's workers (on success, error or signal alike)."""
-        self._it.close()
+        if self._it is not None:
+            self._it.close()
 
 
 def train_dataset(split: Split, *, image_size: int, mean, std, crop_scale: tuple[float, float],
@@ -163,16 +195,30 @@ def train_dataset(split: Split, *, image_size: int, mean, std, crop_scale: tuple
     return ImageDataset(split, train_transform(image_size, mean, std, crop_scale, randaugment), mark_bad=True)
 
 
-def eval_dataset(split: Split, image_size: int, crop_pct: float, mean, std) -> ImageDataset:
-    return ImageDataset(split, eval_transform(image_size, mean, std, crop_pct), mark_bad=True)
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How an evaluation reads a split: the eval transform's resolution and centre crop, the loader's batch and
+    workers, the device the batches go to, and the bad-image policy."""
 
+    image_size: int
+    crop_pct: float
+    batch_size: int
+    workers: int
+    device: torch.device
+    bad_images: BadImages
 
-def eval_batches(dataset: ImageDataset, batch_size: int, workers: int, bad_images: BadImages, data: str,
-                 pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-    """One pass over ``dataset`` in order, under the bad-image policy."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
-                        collate_fn=collate_marked)
-    return bad_images.readable(loader, len(dataset), batch_size, data)
+    def dataset(self, split: Split, mean, std) -> ImageDataset:
+        return ImageDataset(split, eval_transform(self.image_size, mean, std, self.crop_pct), mark_bad=True)
+
+    def batches(self, dataset: ImageDataset) -> Iterator[tuple[Tensor, Tensor]]:
+        """One pass over ``dataset`` in order, under the bad-image policy."""
+        loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda", collate_fn=collate_marked)
+        return self.bad_images.readable(loader, len(dataset), self.batch_size)
+
+    def count(self, dataset: ImageDataset) -> int:
+        """The number of batches of a pass over ``dataset``."""
+        return -(-len(dataset) // self.batch_size)
 
 
 def stack_readable(dataset: ImageDataset, bad_images: BadImages) -> Tensor:

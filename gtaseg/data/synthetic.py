@@ -186,6 +186,12 @@ def generate(cfg: SyntheticConfig, root: str | os.PathLike | None = None) -> Pat
     return final
 
 
+def check_options(data: str, synthetic_options: dict) -> None:
+    """``--synthetic``'s options are valid (only ``--data synthetic`` reads them), before anything is generated."""
+    if data == "synthetic":
+        SyntheticConfig.from_options(synthetic_options)
+
+
 def synthetic_root(data: str, synthetic_options: dict) -> Path | None:
     """The dataset directory ``--data synthetic`` with these ``--synthetic`` options reads (generated on first
     use, see :func:`generate`); None for any other ``data``."""

@@ -7,14 +7,11 @@ the same :func:`split_accuracy`.
 """
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 from gtaseg.attention import cls_logits
-from gtaseg.data.pipeline import BadImages, eval_batches, eval_dataset, stack_readable
+from gtaseg.data.pipeline import LoaderSettings, stack_readable
 from gtaseg.data.split import Split
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.accuracy import topk_accuracy
@@ -27,42 +24,40 @@ from gtaseg.rundir import Prediction, prediction_ids
 PROBE_IMAGES = 16
 
 
-def split_scores(model: nn.Module, info: ModelInfo, split: Split, *, image_size: int, crop_pct: float,
-                 batch_size: int, workers: int, device: torch.device, bad_images: BadImages, data: str,
+def split_scores(model: nn.Module, info: ModelInfo, split: Split, loading: LoaderSettings,
                  desc: str = "accuracy") -> tuple[dict[str, float], list[Prediction]]:
     """Top-1/top-5 (%) and the count of images scored on ``split``, with the run's eval transform, and the
-    prediction for each scored image, from the same pass. Unreadable images are handled by ``bad_images``; with
-    ``skip`` they are neither scored nor predicted. The model is left in eval mode."""
-    dataset = eval_dataset(split, image_size, crop_pct, info.mean, info.std)
-    batches = eval_batches(dataset, batch_size, workers, bad_images, data, pin_memory=device.type == "cuda")
+    prediction for each scored image, from the same pass. Unreadable images are handled by the loading's
+    bad-image policy; with ``skip`` they are neither scored nor predicted. The model is left in eval mode."""
+    dataset = loading.dataset(split, info.mean, info.std)
     model.eval()
-    scores = topk_accuracy(model, batches, device, desc=desc, total=math.ceil(len(dataset) / batch_size))
+    scores = topk_accuracy(model, loading.batches(dataset), loading.device, desc=desc, total=loading.count(dataset))
     # The loader keeps the split's order and drops exactly the images the policy skipped, so the scored images
     # are the split's without those.
     ids = prediction_ids([p for p, _ in split.samples])
-    scored = [(i, y) for i, (p, y) in zip(ids, split.samples) if str(p) not in bad_images.skipped]
+    scored = [(i, y) for i, (p, y) in zip(ids, split.samples) if str(p) not in loading.bad_images.skipped]
     if [y for _, y in scored] != scores.labels:
-        raise GtasegError(f"{data}: the {scores.figures['count']} images scored do not line up with the split's "
+        raise GtasegError(f"the {scores.figures['count']} images scored do not line up with the split's "
                           f"{len(scored)} readable images (a file changed during the run?)")
     names = split.classes
     return scores.figures, [Prediction(i, names[y], names[p]) for (i, y), p in zip(scored, scores.predicted)]
 
 
-def split_accuracy(model: nn.Module, info: ModelInfo, split: Split, **options: Any) -> dict[str, float]:
-    """:func:`split_scores` without the per-image predictions (same keyword options)."""
-    return split_scores(model, info, split, **options)[0]
+def split_accuracy(model: nn.Module, info: ModelInfo, split: Split, loading: LoaderSettings,
+                   desc: str = "accuracy") -> dict[str, float]:
+    """:func:`split_scores` without the per-image predictions."""
+    return split_scores(model, info, split, loading, desc)[0]
 
 
 class DriftProbe:
     """A fixed batch of test images and the starting weights' [cls] logits on it: the drift Σ_{blocks,heads}
     ‖A − A₀‖² (mean over the probe) is measured the same way for every method."""
 
-    def __init__(self, model: nn.Module, info: ModelInfo, test: Split, *, image_size: int, crop_pct: float,
-                 device: torch.device, bad_images: BadImages):
+    def __init__(self, model: nn.Module, info: ModelInfo, test: Split, loading: LoaderSettings):
         n = len(test)
         picks = sorted({round(i * (n - 1) / max(PROBE_IMAGES - 1, 1)) for i in range(min(PROBE_IMAGES, n))})
-        data = eval_dataset(test.subset(picks), image_size, crop_pct, info.mean, info.std)
-        self.images = stack_readable(data, bad_images).to(device)
+        data = loading.dataset(test.subset(picks), info.mean, info.std)
+        self.images = stack_readable(data, loading.bad_images).to(loading.device)
         self.start = self._logits(model)
         self.entries = METHODS["gta"].entries(Layout.of(model, len(model.blocks), self.start.shape[-1]))
 
@@ -78,9 +73,8 @@ class DriftProbe:
         return float(guidance_l2(self._logits(model), self.start))
 
 
-def attention_quality(model: nn.Module, info: ModelInfo, test: Split, *, data: str, image_size: int,
-                      crop_pct: float, batch_size: int, workers: int, device: torch.device, probe: DriftProbe,
-                      bad_images: BadImages) -> dict[str, float | None]:
+def attention_quality(model: nn.Module, info: ModelInfo, test: Split, data: str, loading: LoaderSettings,
+                      probe: DriftProbe) -> dict[str, float | None]:
     """Drift (summed and per entry); on the test masks, when there are any, the Jaccard of the last block's [cls]
     attention at the training resolution (recorded as jaccard_image_size); for synthetic data, the attention
     mass on the object and, for a localised cue, on the cue."""
@@ -92,20 +86,19 @@ def attention_quality(model: nn.Module, info: ModelInfo, test: Split, *, data: s
     out = {"drift": drift, "drift_per_entry": drift / probe.entries, "jaccard_best": None, "jaccard_merged": None,
            "jaccard_image_size": None}
     samples = mask_samples(test, data if data in DATASETS else None)
-    samples = [s for s in samples if str(s.image) not in bad_images.skipped]
+    samples = [s for s in samples if str(s.image) not in loading.bad_images.skipped]
     if samples:
-        result = evaluate_masks(model, info, samples, Settings(image_size=image_size), batch_size=batch_size,
-                                workers=workers, device=str(device), progress=False)
+        result = evaluate_masks(model, info, samples, Settings(image_size=loading.image_size),
+                                batch_size=loading.batch_size, workers=loading.workers, device=str(loading.device),
+                                progress=False)
         out.update(jaccard_best=result.jaccard_best, jaccard_merged=result.jaccard_merged,
-                   jaccard_image_size=image_size)
+                   jaccard_image_size=loading.image_size)
     if data == "synthetic":
-        out.update(synthetic_masses(model, info, test, image_size=image_size, crop_pct=crop_pct,
-                                    batch_size=batch_size, device=device))
+        out.update(synthetic_masses(model, info, test, loading))
     return out
 
 
-def synthetic_masses(model: nn.Module, info: ModelInfo, test: Split, *, image_size: int, crop_pct: float,
-                     batch_size: int, device: torch.device) -> dict[str, float]:
+def synthetic_masses(model: nn.Module, info: ModelInfo, test: Split, loading: LoaderSettings) -> dict[str, float]:
     """Mean attention mass (%) on the object, and on the cue where the data has a localised one, over ``test``."""
     from gtaseg.data.synthetic import cue_mask_paths
     from gtaseg.evaluation.mass import attention_masses
@@ -114,10 +107,10 @@ def synthetic_masses(model: nn.Module, info: ModelInfo, test: Split, *, image_si
                if masks}
     if not regions:
         return {}
-    data = eval_dataset(test, image_size, crop_pct, info.mean, info.std)
-    images = torch.stack([data[i][0] for i in range(len(data))]).to(device)
+    data = loading.dataset(test, info.mean, info.std)
+    images = torch.stack([data[i][0] for i in range(len(data))]).to(loading.device)
     was_training = model.training
     model.eval()
-    masses = attention_masses(model, images, regions, info.patch_size, batch_size)
+    masses = attention_masses(model, images, regions, info.patch_size, loading.batch_size)
     model.train(was_training)
     return {key: 100.0 * sum(values) / len(values) for key, values in masses.items()}
