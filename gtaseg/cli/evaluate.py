@@ -13,12 +13,12 @@ import click
 from click.core import ParameterSource
 
 from gtaseg.cli.protocol_options import PRESET_HELP, load_checked, protocol_from, protocol_options
-from gtaseg.config import parse_pairs
 from gtaseg.data.split import Split
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.gate import Gate, merge_options_file
 from gtaseg.evaluation.protocols import JACCARD_PRESETS, Protocol, describe, short_name
 from gtaseg.io import write_json
+from gtaseg.option_kinds import parse_pairs
 
 if TYPE_CHECKING:  # torch and timm load only in the commands that run a model: --help answers at once
     from gtaseg.evaluation.inputs import SegSample
