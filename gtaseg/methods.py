@@ -21,7 +21,9 @@ class Method:
     trains: tuple[str, ...] | None = None  # parameter-name fragments that train (the head always does)
 
     def trainable(self, name: str) -> bool:
-        return self.trains is None or name.startswith("head.") or any(f in name for f in self.trains)
+        from gtaseg.models import HEAD_PREFIX  # here, not above: torch comes with it
+
+        return self.trains is None or name.startswith(HEAD_PREFIX) or any(f in name for f in self.trains)
 
     def freeze(self, model: nn.Module) -> None:
         for name, p in model.named_parameters():

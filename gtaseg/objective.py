@@ -23,7 +23,7 @@ from gtaseg.attention import Captured, capture, resolve_blocks
 from gtaseg.distill import DISTILL_TERMS
 from gtaseg.errors import GtasegError
 from gtaseg.methods import Method
-from gtaseg.models import ModelInfo
+from gtaseg.models import HEAD_PREFIX, ModelInfo
 from gtaseg.regularizers import batch_spectral_shrinkage, guidance_l2, l2_sp
 from gtaseg.transmix import TransMix
 
@@ -102,7 +102,7 @@ class Objective:
         self.renormalize, self.autocast, self.label_smoothing = renormalize, autocast, label_smoothing
         # L2-SP's starting point: the backbone as it is now (the new head has none).
         self.reference = ({n: p.detach().clone() for n, p in target.named_parameters()
-                           if p.requires_grad and not n.startswith("head.")} if method.name == "l2sp" else None)
+                           if p.requires_grad and not n.startswith(HEAD_PREFIX)} if method.name == "l2sp" else None)
         # What runs the target's forward: DDP-wrapped by distribute(), compiled by compile().
         self.forward: nn.Module = TargetForward(target)
         self.ddp: nn.parallel.DistributedDataParallel | None = None
@@ -219,7 +219,6 @@ class Objective:
         permanent ones with their records cleared."""
         if self._kept is not None:
             kept = self._kept[which]
-            for records in (kept.row_logits, kept.block_out, kept.msa_out, kept.queries_keys):
-                records.clear()
+            kept.clear()
             return nullcontext(kept)
         return self._capture(self.target if which == "target" else self.source, last_block_logits)

