@@ -18,7 +18,7 @@ from gtaseg.config import BAD_IMAGE_POLICIES
 from gtaseg.data.split import Split
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.gate import Gate, merge_options_file
-from gtaseg.evaluation.protocols import JACCARD_PRESETS, Protocol, describe, short_name
+from gtaseg.evaluation.protocols import JACCARD_PRESETS, EvalProtocol, describe, short_name
 from gtaseg.io import write_json
 from gtaseg.option_kinds import parse_pairs
 
@@ -40,7 +40,7 @@ head.
 """ + PRESET_HELP
 
 
-def _evaluate(ckpt: str, samples: Sequence[SegSample], protocol: Protocol, opts: dict[str, Any],
+def _evaluate(ckpt: str, samples: Sequence[SegSample], protocol: EvalProtocol, opts: dict[str, Any],
               export_masks: bool = False, per_block: bool = False) -> tuple[EvalResult, dict[str, Any]]:
     """Load ``ckpt`` and score ``samples``; returns the result and the model part of the report."""
     from gtaseg.evaluation.runner import evaluate

