@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from gtaseg.config import parse_pairs
 from gtaseg.data.dataset import ImageDataset
 from gtaseg.data.split import Split
 from gtaseg.data.synthetic import MAX_SPOTS, SyntheticConfig, generate, synthetic_split
@@ -26,6 +25,7 @@ from gtaseg.errors import GtasegError
 from gtaseg.head_probe import fit_probe
 from gtaseg.io import write_json
 from gtaseg.models.build import load_model
+from gtaseg.option_kinds import parse_pairs
 
 # What the probe must predict from a synthetic label k: the class, or one of the two parts that make it.
 TARGETS = {"class": lambda k: k, "spots": lambda k: k % MAX_SPOTS, "tail": lambda k: k // MAX_SPOTS}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from timm.models.vision_transformer import Attention
@@ -39,6 +39,13 @@ class Captured:
     # (scaled q, k), each [B, H, T, D], of every query and key: what the all-query attention-transfer loss
     # forms its T×T maps from, a chunk of queries at a time (gtaseg.distill)
     queries_keys: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        """Forget every record (the hooks stay), so that hooks kept across forwards record each one afresh."""
+        for f in fields(self):
+            records = getattr(self, f.name)
+            if isinstance(records, dict):
+                records.clear()
 
     def cls_logits(self, blocks: Sequence[int] | None = None) -> Tensor:
         """Pre-softmax [cls]→patch logits, [B, L, H, N]; the cls→cls and register entries are dropped."""

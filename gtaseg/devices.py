@@ -6,10 +6,17 @@ import torch
 from gtaseg.errors import GtasegError
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` is the first CUDA GPU when there is one, else the CPU."""
+def device_name(name: str) -> str:
+    """What a --device name stands for: ``auto`` is ``cuda`` (the first GPU) when CUDA is available, else
+    ``cpu``; any other name is kept."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The torch device of a --device name (see :func:`device_name`)."""
+    name = device_name(name)
     try:
         device = torch.device(name)
     except RuntimeError:

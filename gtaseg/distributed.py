@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from gtaseg.devices import pick_device
+from gtaseg.devices import device_name, pick_device
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,9 @@ def current() -> Context:
 
 
 def device_for(name: str, ctx: Context) -> torch.device:
-    """The device of this rank: ``auto`` is CUDA when available; ``cuda`` under several ranks is the
+    """The device of this rank: ``auto`` as :func:`device_name` reads it; ``cuda`` under several ranks is the
     rank's local GPU (``cuda:LOCAL_RANK``); an explicit ``cuda:i`` or ``cpu`` is kept."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = device_name(name)
     if name == "cuda" and ctx.enabled:
         name = f"cuda:{ctx.local_rank}"
     return pick_device(name)
@@ -65,9 +64,10 @@ def setup(device: str = "auto") -> bool:
     if not launched() or not dist.is_available() or dist.is_initialized():
         return False
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    device = device_name(device)
+    use_cuda = device.startswith("cuda")
     if use_cuda:
-        torch.cuda.set_device(local_rank if device in ("auto", "cuda") else torch.device(device))
+        torch.cuda.set_device(local_rank if device == "cuda" else torch.device(device))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return True
 

@@ -202,7 +202,6 @@ class Objective:
         permanent ones with their records cleared."""
         if self._kept is not None:
             kept = self._kept[which]
-            for records in (kept.row_logits, kept.block_out, kept.msa_out, kept.queries_keys):
-                records.clear()
+            kept.clear()
             return nullcontext(kept)
         return self._capture(self.target if which == "target" else self.source, last_block_logits)

@@ -8,6 +8,8 @@ import torch
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
+from gtaseg.models import HEAD_PREFIX
+
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_scale: float,
                  layer_decay: float = 1.0) -> list[dict]:
@@ -15,7 +17,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_scale
     at ``head_lr_scale`` × ``lr`` (transfer-learning practice, as in the L2-SP and BSS papers). ``layer_decay`` < 1
     uses timm's layer-decay groups instead, each group at ``lr`` × its ``lr_scale``: the lr is set here because
     torch's schedulers, unlike timm's, do not read ``lr_scale``."""
-    head_ids = {id(p) for n, p in model.named_parameters() if n.startswith("head.")}
+    head_ids = {id(p) for n, p in model.named_parameters() if n.startswith(HEAD_PREFIX)}
     if layer_decay == 1.0:  # the groups of every run before --layer-decay, in their order
         base = [{**g, "lr_scale": 1.0} for g in param_groups_weight_decay(model, weight_decay)]
     else:

@@ -116,6 +116,19 @@ def test_logits_carry_gradients_and_one_forward():
     assert model.head.weight.grad is None  # the logits do not depend on the head
 
 
+def test_clear_forgets_every_record():
+    """What compile()'s permanent hooks rely on between micro-batches: nothing recorded survives clear()."""
+    model = tiny_vit(**ARCHS[0])
+    with capture(model, [0], block_outputs=[1], msa_outputs=[2], queries_keys=[0]) as cap:
+        model.forward_features(torch.randn(1, 3, 48, 48))
+        assert all([cap.row_logits, cap.block_out, cap.msa_out, cap.queries_keys])
+        cap.clear()
+        assert not any([cap.row_logits, cap.block_out, cap.msa_out, cap.queries_keys])
+        assert cap.num_prefix_tokens == model.num_prefix_tokens
+        model.forward_features(torch.randn(1, 3, 48, 48))
+        assert set(cap.row_logits) == {0} and set(cap.block_out) == {1}
+
+
 def test_hooks_are_removed():
     model = tiny_vit(**ARCHS[0])
     with capture(model, block_outputs=[0, -1], msa_outputs=[1]):

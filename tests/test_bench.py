@@ -24,6 +24,7 @@ TINY = ["--arch", "vit_tiny_patch16_224", "--image-size", "32", "--batch-size", 
         "--steps", "2", "--warmup", "1", "--threads", "1"]
 
 
+@pytest.mark.slow
 def test_bench_writes_every_figure(tmp_path, bench):
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
@@ -117,6 +118,7 @@ def test_bench_distill_steps_use_their_own_term(tmp_path, bench):
     assert all(float(fns[m]()["reg"]) > 0 for m in ("attn-distill", "cls-distill"))  # CE ≥ the source's entropy
 
 
+@pytest.mark.slow
 def test_train_loader_bench_compares_train_with_the_in_memory_step(tmp_path, tiny_folder):
     """bench/train_loader.py end to end on a tiny model and ImageFolder (no timing asserted): both figures
     come out, and the run trained on links to the folder, with one test photo per class."""

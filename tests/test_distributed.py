@@ -69,6 +69,7 @@ def torchrun_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_two_ranks_under_torchrun_match_one_process(tmp_path, tiny_folder):
     """torchrun --nproc_per_node 2 with 2 images × 2 accumulated micro-batches per rank against one process
     with batch 8: same global batch of 8, so the same weights after 3 steps (≤ 1e-5), the same logged
@@ -108,6 +109,7 @@ def test_two_ranks_under_torchrun_match_one_process(tmp_path, tiny_folder):
     assert json.loads((multi / "config.json").read_text())["batch_size"] == 2
 
 
+@pytest.mark.slow
 def test_sigterm_under_torchrun_stops_every_rank_at_one_polled_step(tmp_path, tiny_folder):
     """The stop signal is polled across ranks only every SIGNAL_POLL_STEPS steps; all ranks still stop together
     at such a step, with one checkpoint written, and exit with SIGTERM's code."""

@@ -151,4 +151,4 @@ def test_every_torch_load_in_the_package_is_weights_only():
                 assert "weights_only" in kw and ast.literal_eval(kw["weights_only"]) is True, \
                     f"{source}:{node.lineno}: torch.load without weights_only=True"
                 loads.append(f"{source.name}:{node.lineno}")
-    assert len(loads) >= 2  # foreign model checkpoints and training states
+    assert loads  # gtaseg.models.checkpoints.torch_load, which reads foreign model checkpoints and training states

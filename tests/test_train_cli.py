@@ -44,6 +44,23 @@ def test_train_help_documents_every_option():
         assert opt.opts[0] in result.output
 
 
+@pytest.mark.parametrize("fields", [
+    {"transmix": True, "randaugment": False, "blocks": [9, 10, -1], "synthetic": {"shortcut": 0.9, "cue": "glyph"},
+     "compile": True, "lr": 1e-05, "val_fraction": 0.1, "data": "cub", "head_init": "probe"},
+    {"transmix": False, "randaugment": True, "blocks": None, "synthetic": {}, "steps": 3},
+], ids=["set", "defaults"])
+def test_printed_argv_parses_back_to_the_same_config(fields):
+    """Every option kind (value, flag, negated, blocks, pairs): the argv a sweep prints is the config it came from."""
+    from dataclasses import asdict
+
+    from gtaseg.cli.train import config_from_options
+    from gtaseg.config import TrainConfig, train_argv
+
+    ctx = main.commands["train"].make_context("train", train_argv(fields))
+    parsed = config_from_options({k: v for k, v in ctx.params.items() if k not in ("out", "resume")})
+    assert asdict(parsed) == asdict(TrainConfig(**fields))
+
+
 def test_existing_run_directory_is_refused(tmp_path, tiny_folder):
     out = tmp_path / "run"
     out.mkdir()

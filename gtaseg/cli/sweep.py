@@ -107,7 +107,7 @@ _CLUSTER_OPTIONS = ("cluster", "partition", "gpus_per_job", "cpus_per_gpu", "mem
 
 def _cluster_options(cluster, partition, gpus_per_job, cpus_per_gpu, mem_gb_per_gpu, time_min, array_parallelism,
                        slurm_opts):
-    from gtaseg.config import parse_pairs
+    from gtaseg.option_kinds import parse_pairs
     from gtaseg.submit import ClusterOptions
 
     return ClusterOptions(cluster=cluster, partition=partition, gpus_per_job=gpus_per_job, cpus_per_gpu=cpus_per_gpu,

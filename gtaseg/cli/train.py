@@ -11,42 +11,25 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from gtaseg.config import FIELDS, PRESETS, RESUME_OPTIONS, TrainConfig, default, flag_of, parse_blocks, parse_pairs
+from gtaseg.config import FIELDS, PRESETS, RESUME_OPTIONS, TrainConfig, flag_of
 
 
 def _param_name(name: str) -> str:
-    """The click parameter of a field: what the flag says (``--no-randaugment`` → no_randaugment, repeated
-    ``--synthetic KEY=VALUE`` → synthetic_opts), else the field's name."""
-    kind = FIELDS[name].metadata["kind"]
-    return "no_" + name if kind == "negated" else name + "_opts" if kind == "pairs" else name
+    """The click parameter of a field, as its kind names it (``--no-randaugment`` → no_randaugment, repeated
+    ``--synthetic KEY=VALUE`` → synthetic_opts)."""
+    return FIELDS[name].metadata["kind"].param(name)
 
 
 PARAMS = {_param_name(name): name for name, f in FIELDS.items() if f.metadata["cli"]}
 
 
 def _click_option(name: str) -> Callable:
-    """The click option of one TrainConfig field, from its metadata."""
+    """The click option of one TrainConfig field: its kind's, with the preset's defaults in the help."""
     meta = FIELDS[name].metadata
-    kind, help_text, param = meta["kind"], meta["help"], _param_name(name)
+    help_text = meta["help"]
     if meta["preset"]:
         help_text += f" [default: {PRESETS['paper'][name]}; {PRESETS['synthetic'][name]} with --data synthetic]"
-    flags = meta["flags"] or (flag_of(name),)
-    if kind in ("flag", "negated"):
-        return click.option(*flags, param, is_flag=True, help=help_text)
-    if kind == "pairs":
-        return click.option(*flags, param, multiple=True, metavar="KEY=VALUE", help=help_text)
-    if kind == "blocks":
-        return click.option(*flags, param, default="all", help=help_text)
-    annotation = str(FIELDS[name].type)
-    value_type: Any = int if annotation.startswith("int") else float if annotation.startswith("float") else str
-    if meta["choices"]:
-        value_type = click.Choice(list(meta["choices"]))
-    elif meta["directory"]:
-        value_type = click.Path(file_okay=False)
-    elif meta["minimum"] is not None:
-        ranged = click.IntRange if value_type is int else click.FloatRange
-        value_type = ranged(meta["minimum"], meta["maximum"], min_open=meta["min_open"], max_open=meta["max_open"])
-    return click.option(*flags, param, type=value_type, default=default(name), help=help_text)
+    return meta["kind"].click_option(name, FIELDS[name], help_text)
 
 
 def train_options(func: Callable) -> Callable:
@@ -61,10 +44,8 @@ def config_from_options(options: dict[str, Any]) -> TrainConfig:
     values = {}
     for param, value in options.items():
         name = PARAMS[param]
-        kind = FIELDS[name].metadata["kind"]
         try:
-            values[name] = (not value if kind == "negated" else parse_pairs(value) if kind == "pairs"
-                            else parse_blocks(value) if kind == "blocks" else value)
+            values[name] = FIELDS[name].metadata["kind"].parse(value)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint=flag_of(name)) from None
     return TrainConfig(**values)

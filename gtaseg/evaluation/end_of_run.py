@@ -79,7 +79,8 @@ def attention_quality(model: nn.Module, info: ModelInfo, test: Split, data: str,
     attention at the training resolution (recorded as jaccard_image_size); for synthetic data, the attention
     mass on the object and, for a localised cue, on the cue."""
     from gtaseg.data.finegrained import DATASETS
-    from gtaseg.evaluation.runner import Settings, evaluate as evaluate_masks
+    from gtaseg.evaluation.protocols import EvalProtocol
+    from gtaseg.evaluation.runner import evaluate as evaluate_masks
     from gtaseg.evaluation.split_masks import mask_samples
 
     drift = probe.drift(model)
@@ -88,7 +89,7 @@ def attention_quality(model: nn.Module, info: ModelInfo, test: Split, data: str,
     samples = mask_samples(test, data if data in DATASETS else None)
     samples = [s for s in samples if str(s.image) not in loading.bad_images.skipped]
     if samples:
-        result = evaluate_masks(model, info, samples, Settings(image_size=loading.image_size),
+        result = evaluate_masks(model, info, samples, EvalProtocol(image_size=loading.image_size),
                                 batch_size=loading.batch_size, workers=loading.workers, device=str(loading.device),
                                 progress=False)
         out.update(jaccard_best=result.jaccard_best, jaccard_merged=result.jaccard_merged,

@@ -1,7 +1,7 @@
 """Named evaluation protocols: every setting that changes an attention-quality number, and presets that
 reproduce the published protocols (eval/PROTOCOL.md names the source file of each preset).
 
-A :class:`Protocol` is also the *protocol card*: :meth:`Protocol.card` is what reports print and write, so
+An :class:`EvalProtocol` is also the *protocol card*: :meth:`EvalProtocol.card` is what reports print and write, so
 two numbers can be compared only when their cards agree.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ BLUR_KERNEL = 7  # Leopart's GaussianBlur(7, sigma=0.6); only the sigma is a set
 
 
 @dataclass(frozen=True)
-class Protocol:
+class EvalProtocol:
     """The settings of one attention evaluation. Defaults are gtaseg's own protocol (``gtaseg`` preset)."""
 
     name: str = "gtaseg"
@@ -78,33 +78,33 @@ class Protocol:
                 "label_resize": "nearest", "normalize": "the model's mean/std", **resolved}
 
 
-SETTINGS = tuple(f.name for f in fields(Protocol) if f.name != "name")
+SETTINGS = tuple(f.name for f in fields(EvalProtocol) if f.name != "name")
 CORLOC_ONLY = ("box_head", "connectivity", "components", "iou_rule")
 JACCARD_ONLY = ("heads", "void", "average", "empty")
 
 # Each preset reproduces its source's settings; eval/PROTOCOL.md section 9 names the file each comes from
 # and what is not reproduced. Only what differs from gtaseg's defaults is listed.
-PRESETS: dict[str, Protocol] = {
-    "gtaseg": Protocol(),
+PRESETS: dict[str, EvalProtocol] = {
+    "gtaseg": EvalProtocol(),
     # dino/visualize_attention.py: transforms.Resize((480, 480)) is bilinear; threshold 0.6, last block.
-    "dino": Protocol(name="dino", resize="bilinear"),
+    "dino": EvalProtocol(name="dino", resize="bilinear"),
     # IPViT evaluate_segmentation.py + utils.get_voc_dataset: Resize((512, 512)), --threshold 0.9, and a void
     # test (`cur_mask != 255` on a bool mask) that is always true, so void pixels count in the union.
-    "ipvit": Protocol(name="ipvit", image_size=512, resize="bilinear", mass=0.9, void="background"),
+    "ipvit": EvalProtocol(name="ipvit", image_size=512, resize="bilinear", mass=0.9, void="background"),
     # Leopart src/evaluate_attn_maps.py: Resize((224, 224)); merged map blurred (7, sigma 0.6), components
     # of <= 2 patches dropped; labels through ToTensor, so void (1.0) is foreground and images without
     # objects score 0.
-    "leopart": Protocol(name="leopart", image_size=224, resize="bilinear", blur_sigma=0.6, min_component=3,
+    "leopart": EvalProtocol(name="leopart", image_size=224, resize="bilinear", blur_sigma=0.6, min_component=3,
                         void="foreground", empty="zero"),
     # LOST object_discovery.dino_seg as main_lost.py calls it: each image at its own size zero-padded to a
     # multiple of the patch, head --dinoseg_head (default 4), scipy's default 4-connectivity, its component
     # search, and `ious >= 0.5`.
-    "lost": Protocol(name="lost", resize="none", box_head=4, connectivity=4, components="lost", iou_rule=">="),
+    "lost": EvalProtocol(name="lost", resize="none", box_head=4, connectivity=4, components="lost", iou_rule=">="),
 }
 JACCARD_PRESETS = ("gtaseg", "dino", "ipvit", "leopart")
 
 
-def resolve(preset: str = "gtaseg", **overrides: Any) -> Protocol:
+def resolve(preset: str = "gtaseg", **overrides: Any) -> EvalProtocol:
     """The preset with every override that is not None applied (a flag given on the command line wins)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown protocol {preset!r}; choose from {', '.join(PRESETS)}")
@@ -114,7 +114,7 @@ def resolve(preset: str = "gtaseg", **overrides: Any) -> Protocol:
     return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 
-def describe(protocol: Protocol, metric: str = "jaccard") -> str:
+def describe(protocol: EvalProtocol, metric: str = "jaccard") -> str:
     """The protocol card for the terminal: a few lines, the settings that change a ``metric`` number."""
     p = protocol
     size = "native size, zero-padded to the patch" if p.resize == "none" else f"{p.image_size} px {p.resize}"
@@ -130,7 +130,7 @@ def describe(protocol: Protocol, metric: str = "jaccard") -> str:
     return "\n".join(lines)
 
 
-def short_name(protocol: Protocol) -> str:
+def short_name(protocol: EvalProtocol) -> str:
     """The preset's name and the settings that differ from it, e.g. ``leopart+mass=0.7``."""
     base = PRESETS[protocol.name]
     changed = [f"{k}={getattr(protocol, k)}" for k in SETTINGS if getattr(protocol, k) != getattr(base, k)]

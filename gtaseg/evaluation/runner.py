@@ -25,14 +25,13 @@ from gtaseg.evaluation.inputs import Geometry, SegmentationDataset, SegSample
 from gtaseg.evaluation.jaccard import ImageScore, jaccard
 from gtaseg.evaluation.masks import mass_mask, merged_mask, to_pixels
 from gtaseg.evaluation.patch_scores import best_of_heads, every_mask_iou, merged_ious, patch_targets, score_patches
-from gtaseg.evaluation.protocols import HEADS, Protocol
+from gtaseg.evaluation.protocols import HEADS, EvalProtocol
 from gtaseg.models import ModelInfo
 
-Settings = Protocol  # the name earlier callers (train.py) use
-__all__ = ["HEADS", "Settings", "Protocol", "EvalResult", "BlockReport", "CorlocResult", "evaluate", "evaluate_corloc"]
+__all__ = ["HEADS", "EvalProtocol", "EvalResult", "BlockReport", "CorlocResult", "evaluate", "evaluate_corloc"]
 
 
-def protocol_masks(attention: Tensor, protocol: Protocol, grid: tuple[int, int], heads: bool = True,
+def protocol_masks(attention: Tensor, protocol: EvalProtocol, grid: tuple[int, int], heads: bool = True,
                    merged: bool = True) -> tuple[Tensor | None, Tensor | None]:
     """[..., H, N] attention → per-head masks [..., H, N] and the merged mask [..., N] of the protocol."""
     head_masks = mass_mask(attention, protocol.mass) if heads else None
@@ -54,7 +53,7 @@ def _bar(total: int, progress: bool, desc: str = "eval") -> tqdm:
 
 @dataclass
 class EvalResult:
-    settings: Protocol
+    settings: EvalProtocol
     geometry: Geometry
     block: int  # resolved, non-negative
     scores: list[ImageScore]
@@ -113,7 +112,7 @@ class EvalResult:
         return out
 
 
-def evaluate(model: nn.Module, info: ModelInfo, samples: Sequence[SegSample], settings: Protocol, *,
+def evaluate(model: nn.Module, info: ModelInfo, samples: Sequence[SegSample], settings: EvalProtocol, *,
              batch_size: int = 8, workers: int = 2, device: str = "auto", progress: bool = True,
              export_masks: bool = False, per_block: bool = False) -> EvalResult:
     """Score every sample under ``settings``; ``export_masks`` also keeps COCO RLE records of the masks,
@@ -159,7 +158,7 @@ def evaluate(model: nn.Module, info: ModelInfo, samples: Sequence[SegSample], se
 
 @dataclass
 class CorlocResult:
-    settings: Protocol
+    settings: EvalProtocol
     geometry: Geometry
     block: int
     scores: list[CorlocScore]
@@ -191,7 +190,7 @@ class CorlocResult:
         }
 
 
-def attention_boxes(attention: Tensor, protocol: Protocol, grid: tuple[int, int], patch_size: int) -> list:
+def attention_boxes(attention: Tensor, protocol: EvalProtocol, grid: tuple[int, int], patch_size: int) -> list:
     """[B, H, N] [cls] attention on a ``grid`` of patches → one pixel box per image (None where the mask
     has no component)."""
     if protocol.box_head is None:
@@ -202,7 +201,7 @@ def attention_boxes(attention: Tensor, protocol: Protocol, grid: tuple[int, int]
     return [component_box(g, patch_size, protocol.connectivity, protocol.components) for g in grids]
 
 
-def evaluate_corloc(model: nn.Module, info: ModelInfo, samples: Sequence, settings: Protocol, *,
+def evaluate_corloc(model: nn.Module, info: ModelInfo, samples: Sequence, settings: EvalProtocol, *,
                     batch_size: int = 8, workers: int = 2, device: str = "auto", progress: bool = True) -> CorlocResult:
     """One box per image (eval/PROTOCOL.md section 10) against its ground-truth boxes."""
     dev = pick_device(device)

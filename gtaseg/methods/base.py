@@ -73,7 +73,9 @@ class Method:
 
     @classmethod
     def trainable(cls, name: str) -> bool:
-        return cls.trains is None or name.startswith("head.") or any(f in name for f in cls.trains)
+        from gtaseg.models import HEAD_PREFIX  # here: the registry is read without torch
+
+        return cls.trains is None or name.startswith(HEAD_PREFIX) or any(f in name for f in cls.trains)
 
     @classmethod
     def freeze(cls, model: nn.Module) -> None:

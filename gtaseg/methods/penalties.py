@@ -16,11 +16,13 @@ class L2SP(Method):
     default_lam = 0.01
 
     def __init__(self, target: nn.Module, guided: Sequence[int]):
+        from gtaseg.models import HEAD_PREFIX
+
         super().__init__(target, guided)
         self.target = target
         # The starting point: the backbone as it is when the run is set up (the new head has none).
         self.reference = {n: p.detach().clone() for n, p in target.named_parameters()
-                          if p.requires_grad and not n.startswith("head.")}
+                          if p.requires_grad and not n.startswith(HEAD_PREFIX)}
 
     def term(self, forwards: Forwards) -> Tensor:
         from gtaseg.regularizers import l2_sp

@@ -14,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from gtaseg.errors import CheckpointError, GtasegError
 from gtaseg.io import atomic_write
-from gtaseg.models.checkpoints import guess_arch, load_into, read_state_dict, to_timm
+from gtaseg.models.checkpoints import HEAD_PREFIX, guess_arch, load_into, read_state_dict, to_timm
 from gtaseg.models.hub import HF_HUB_PREFIX, architecture, is_hub_name, load_hub_model
 
 METADATA_KEY = "gtaseg"
@@ -177,7 +177,7 @@ def _from_state_dict(sd: dict[str, torch.Tensor], arch: str | None, num_classes:
         keep_head = num_classes is None or num_classes == saved.num_classes
         model = create_vit(arch or saved.arch, saved.num_classes if keep_head else num_classes)
         load_into(model, to_timm(sd, model, keep_head=keep_head), path,
-                  ignore_prefixes=() if keep_head else ("head.",))
+                  ignore_prefixes=() if keep_head else (HEAD_PREFIX,))
         info = model_info(model, saved.arch, saved.classes if keep_head else None)
         info.mean, info.std = tuple(saved.mean), tuple(saved.std)
         if keep_head:
@@ -187,7 +187,7 @@ def _from_state_dict(sd: dict[str, torch.Tensor], arch: str | None, num_classes:
     if arch is None:
         raise CheckpointError(f"{path}: cannot tell the architecture from the weights; pass --arch <timm-name>")
     model = create_vit(arch, num_classes or 0)
-    load_into(model, to_timm(sd, model, keep_head=False), path, ignore_prefixes=("head.",))
+    load_into(model, to_timm(sd, model, keep_head=False), path, ignore_prefixes=(HEAD_PREFIX,))
     return model, model_info(model, arch)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -16,11 +17,29 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from gtaseg.errors import CheckpointError
 
+# timm's ViT keeps its classifier under this prefix: the new head of a fine-tuning run, the weights that a
+# checkpoint for another task does not carry over, and those that learn at their own lr.
+HEAD_PREFIX = "head."
 # Keys that belong to a self-supervised training setup, not to the backbone.
 _SSL_ONLY_KEYS = ("masked_embed", "mask_token")
 # Wrappers that DINO/iBOT/DeiT/MAE put around the state dict, in the order they are looked for.
 _WRAPPERS = ("teacher", "state_dict", "model", "student")
 _PREFIXES = ("module.", "backbone.", "encoder.")
+
+
+def torch_load(path: Path, unreadable: str) -> Any:
+    """``torch.load(weights_only=True)`` onto the CPU, every failure a one-line :class:`CheckpointError`: a missing
+    file, a pickle that would build other objects (refused), or bytes the unpickler cannot read (``unreadable``
+    says what the file is not)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused to load, not a plain tensor checkpoint ({first})") from None
+    except Exception as e:  # other bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
+        raise CheckpointError(f"{path}: {unreadable} ({type(e).__name__})") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -35,13 +54,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             return load_file(str(path)), metadata
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused to load, not a plain tensor checkpoint ({first})") from None
-    except Exception as e:  # other bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
+    obj = torch_load(path, "not a PyTorch checkpoint")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return unwrap(obj, path), {}
@@ -72,8 +85,8 @@ def to_timm(sd: dict[str, torch.Tensor], model: VisionTransformer, keep_head: bo
     sd = checkpoint_filter_fn({k: v for k, v in sd.items() if k != "masked_embed"}, model)
     sd = {k: v for k, v in sd.items() if k not in _SSL_ONLY_KEYS}
     if not keep_head:
-        # DINO checkpoints carry a projection head under 'head.'; a new task gets a fresh classifier.
-        sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "fc_norm.", "head_drop."))}
+        # DINO checkpoints carry a projection head under timm's head prefix; a new task gets a fresh classifier.
+        sd = {k: v for k, v in sd.items() if not k.startswith((HEAD_PREFIX, "fc_norm.", "head_drop."))}
     return sd
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gtaseg.data.finegrained import DATASETS
 from gtaseg.methods import METHODS
 from gtaseg.sweep.naming import path_name
 
-DATASET_ORDER = ("cub", "cars", "aircraft", "dogs", "pet")
-DATASET_TITLES = {"cub": "CUB-200-2011", "cars": "Stanford Cars", "aircraft": "FGVC-Aircraft",
-                  "dogs": "Stanford Dogs", "pet": "Oxford-IIIT Pet", "synthetic": "synthetic"}
+DATASET_ORDER = tuple(DATASETS)
+DATASET_TITLES = {**{name: info.title for name, info in DATASETS.items()}, "synthetic": "synthetic"}
 
 
 def order(values: Iterable[Any], first: Sequence[Any] = ()) -> list:

@@ -1,5 +1,5 @@
 """Choosing each cell's setting: runs grouped by method, source, TransMix, dataset and rate, and the λ (and lr)
-a :class:`Protocol` picks among them; mean ± std over seeds."""
+a :class:`SelectionProtocol` picks among them; mean ± std over seeds."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ POOLING_IGNORED = {*RESULT_NEUTRAL, "seed", "on_bad_image", "lam", "method", "tr
 
 
 @dataclass(frozen=True)
-class Protocol:
+class SelectionProtocol:
     """How a cell's hyperparameters are chosen.
 
     ``selected_on``: ``val`` (the validation split's top-1, ``final.json`` val_top1) or ``test`` (the top-1 the
@@ -40,10 +40,10 @@ class Protocol:
 
 
 # The paper tables' choice (λ among 0.1α, α, 10α on test top-1), and the two protocols of the effect benchmark.
-PAPER_TABLES = Protocol("paper-tables")
-FAIR = Protocol("fair", "val", None, None, "λ and lr chosen per method on validation top-1")
+PAPER_TABLES = SelectionProtocol("paper-tables")
+FAIR = SelectionProtocol("fair", "val", None, None, "λ and lr chosen per method on validation top-1")
 PAPER_RECIPE_LR = 1e-4
-PAPER = Protocol("paper", "test", PAPER_RECIPE_LR, None,
+PAPER = SelectionProtocol("paper", "test", PAPER_RECIPE_LR, None,
                  f"the paper's protocol: one recipe for every method (lr {PAPER_RECIPE_LR:g}), λ chosen on test top-1")
 
 
@@ -62,7 +62,7 @@ class Cell:
     fallback: bool = False  # no run at 0.1α, α or 10α: the best of the λ values that were run
     lr: float | None = None
     lrs_tried: list[float] = field(default_factory=list)
-    protocol: Protocol = PAPER_TABLES
+    protocol: SelectionProtocol = PAPER_TABLES
 
     @property
     def n(self) -> int:
@@ -93,7 +93,7 @@ def has_validation(runs: list[Run]) -> bool:
     return bool(runs) and all(r.final.get("val_top1") is not None for r in runs)
 
 
-def best_cells(runs: list[Run], protocol: Protocol = PAPER_TABLES) -> tuple[dict[tuple, Cell], list[str]]:
+def best_cells(runs: list[Run], protocol: SelectionProtocol = PAPER_TABLES) -> tuple[dict[tuple, Cell], list[str]]:
     """(method, source, transmix, dataset, rate) → the cell at the setting (λ, lr) ``protocol`` chooses; plus
     warnings."""
     groups: dict[tuple, dict[tuple, list[Run]]] = defaultdict(lambda: defaultdict(list))

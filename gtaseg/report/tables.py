@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from gtaseg.report.labels import dataset_order, method_order, order, source_label
 from gtaseg.report.runs import Run
-from gtaseg.report.selection import PAPER_TABLES, Cell, Protocol, best_cells
+from gtaseg.report.selection import PAPER_TABLES, Cell, SelectionProtocol, best_cells
 
 GUIDE_TARGETS = {"guide-block": "block output", "guide-msa": "MSA output",
                  # the attention-transfer baselines (Li et al. 2024), beside GTA's logits
@@ -41,7 +41,7 @@ class Table:
         return [(row, c) for d in self.datasets for row in self.rows for q in self.rates if (c := self.cell(row, d, q))]
 
 
-def build_tables(runs: list[Run], labels: dict[str, dict[str, str]], protocol: Protocol = PAPER_TABLES
+def build_tables(runs: list[Run], labels: dict[str, dict[str, str]], protocol: SelectionProtocol = PAPER_TABLES
                  ) -> tuple[list[Table], list[str]]:
     """Every table the runs hold what it compares for (Table 3: guide-block or guide-msa runs; Table 5:
     TransMix runs; Table 6: two or more sources); plus the warnings of choosing the cells."""
