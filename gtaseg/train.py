@@ -8,6 +8,7 @@ torchrun's ranks on the last one. Under torchrun every rank calls :func:`train`;
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from gtaseg.data.pipeline import BadImages, Batches, LoaderSettings, load_run_sp
 from gtaseg.data.sampling import describe_sample, realised_fraction
 from gtaseg.data.split import Split
 from gtaseg.data.synthetic import check_options as check_synthetic_options
+from gtaseg.devices import training_workers
 from gtaseg.errors import CheckpointError, GtasegError
 from gtaseg.evaluation.end_of_run import DriftProbe, attention_quality, split_accuracy, split_scores
 from gtaseg.head_probe import head_features, probe_head
@@ -74,7 +76,11 @@ class Training:
     def batches(self) -> Batches:
         """The training stream of this rank, from its start (a checkpoint moves it on: ``load_state_dict``)."""
         ctx = distributed.current()
-        return Batches(self.train_set, batch_size=self.cfg.batch_size, seed=self.cfg.seed, workers=self.cfg.workers,
+        workers = training_workers(self.cfg.workers, self.device)
+        if workers != self.cfg.workers:
+            tqdm.write(f"--workers {self.cfg.workers}: {workers} on the CPU ({len(os.sched_getaffinity(0))} cores, "
+                       f"{torch.get_num_threads()} threads for the step; more workers would slow it)", file=sys.stderr)
+        return Batches(self.train_set, batch_size=self.cfg.batch_size, seed=self.cfg.seed, workers=workers,
                        bad_images=self.bad_images, rank=ctx.rank, world_size=ctx.world_size,
                        pin_memory=self.device.type == "cuda", gather=distributed.gather_ints)
 
