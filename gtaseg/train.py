@@ -78,8 +78,10 @@ class Training:
         ctx = distributed.current()
         workers = training_workers(self.cfg.workers, self.device)
         if workers != self.cfg.workers:
+            threads = torch.get_num_threads()
             tqdm.write(f"--workers {self.cfg.workers}: {workers} on the CPU ({len(os.sched_getaffinity(0))} cores, "
-                       f"{torch.get_num_threads()} threads for the step; more workers would slow it)", file=sys.stderr)
+                       f"{threads} thread{'s' if threads > 1 else ''} for the step; more workers would slow it)",
+                       file=sys.stderr)
         return Batches(self.train_set, batch_size=self.cfg.batch_size, seed=self.cfg.seed, workers=workers,
                        bad_images=self.bad_images, rank=ctx.rank, world_size=ctx.world_size,
                        pin_memory=self.device.type == "cuda", gather=distributed.gather_ints)
