@@ -180,3 +180,28 @@ BUILDERS: dict[str, Callable[[Path], FakeDataset]] = {
     "dogs": make_dogs,
     "pet": make_pet,
 }
+
+
+def make_voc_detection(root: Path, with_xml: bool) -> Path:
+    """Three 64×48 noise photos whose one object (VOC class 13) fills the frame, in the VOC segmentation layout
+    (val split), and with ``with_xml`` also its detection layout (Annotations/*.xml, ImageSets/Main/trainval)."""
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    rng = np.random.default_rng(0)
+    ids = ["a", "b", "c"]
+    for i in ids:
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{i}.jpg")
+        labels = np.zeros((48, 64), np.uint8)
+        labels[:, :] = 13  # the object fills the frame: every box is its own IoU with the frame
+        Image.fromarray(labels, mode="L").save(root / "SegmentationClass" / f"{i}.png")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids))
+    if with_xml:
+        (root / "Annotations").mkdir()
+        (root / "ImageSets" / "Main").mkdir()
+        (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(ids))
+        for i in ids:
+            (root / "Annotations" / f"{i}.xml").write_text(
+                "<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>64</xmax><ymax>48</ymax>"
+                "</bndbox></object></annotation>")
+    return root

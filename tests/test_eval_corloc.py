@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from fake_layouts import make_voc_detection
 from gtaseg.cli import main
 from gtaseg.data.voc import VocBoxSample, read_voc_boxes, voc_box_samples, voc_samples
 from gtaseg.evaluation.corloc import (CorlocDataset, box_iou, component_box, corloc_percent, is_correct, mask_boxes,
@@ -137,32 +138,9 @@ def test_ground_truth_from_masks_and_from_xml(tmp_path):
         read_voc_boxes(xml)
 
 
-def _voc_detection(root, with_xml: bool):
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-    (root / "SegmentationClass").mkdir()
-    rng = np.random.default_rng(0)
-    ids = ["a", "b", "c"]
-    for i in ids:
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{i}.jpg")
-        labels = np.zeros((48, 64), np.uint8)
-        labels[:, :] = 13  # the object fills the frame: every box is its own IoU with the frame
-        Image.fromarray(labels, mode="L").save(root / "SegmentationClass" / f"{i}.png")
-    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids))
-    if with_xml:
-        (root / "Annotations").mkdir()
-        (root / "ImageSets" / "Main").mkdir()
-        (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(ids))
-        for i in ids:
-            (root / "Annotations" / f"{i}.xml").write_text(
-                "<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>64</xmax><ymax>48</ymax>"
-                "</bndbox></object></annotation>")
-    return root
-
-
 @pytest.mark.parametrize("with_xml", [False, True])
 def test_eval_corloc_cli(tmp_path, with_xml):
-    root = _voc_detection(tmp_path / "voc", with_xml)
+    root = make_voc_detection(tmp_path / "voc", with_xml)
     out = tmp_path / "c.json"
     split = "trainval" if with_xml else "val"
     result = CliRunner().invoke(main, ["eval-corloc", "--ckpt", "random:vit_tiny_patch16_224", "--voc-root", str(root),
@@ -181,7 +159,7 @@ def test_eval_corloc_cli(tmp_path, with_xml):
 
 
 def test_eval_corloc_errors_are_one_line(tmp_path):
-    root = _voc_detection(tmp_path / "voc", True)
+    root = make_voc_detection(tmp_path / "voc", True)
     (root / "Annotations" / "b.xml").unlink()
     base = ["eval-corloc", "--ckpt", "random:vit_tiny_patch16_224", "--voc-root", str(root), "--workers", "0"]
     result = CliRunner().invoke(main, [*base, "--split", "trainval"])

@@ -56,3 +56,7 @@ from gtaseg.cli.sweep import report, sweep  # noqa: E402
 
 main.add_command(sweep)
 main.add_command(report)
+
+from gtaseg.cli.table4 import table4  # noqa: E402
+
+main.add_command(table4)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from gtaseg.cli.protocol_options import (CKPT_OPTION, PRESET_HELP, load_checked, protocol_from, protocol_options,
+from gtaseg.cli.protocol_options import (CKPT_OPTION, PRESET_HELP, protocol_from, protocol_options,
                                          voc_root_option)
 from gtaseg.evaluation.protocols import describe
 from gtaseg.io import write_json
@@ -48,7 +48,7 @@ def _samples(voc_root: str, split: str, limit: int | None, boxes: str, masks: st
 def eval_corloc(ckpt: str, voc_root: str, split: str, boxes: str, out: str | None, **opts: Any) -> None:
     """CorLoc: the percentage of images where the box of the [cls] attention's largest connected
     component overlaps a ground-truth box (IoU > 0.5), under a named protocol (--protocol)."""
-    from gtaseg.evaluation.runner import evaluate_corloc
+    from gtaseg.evaluation.runner import evaluate_corloc, load_checked
 
     protocol = protocol_from(opts)
     samples, source = _samples(voc_root, split, opts["limit"], boxes, protocol.masks)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
-from gtaseg.cli.protocol_options import (CKPT_OPTION, PRESET_HELP, load_checked, protocol_from, protocol_options,
+from gtaseg.cli.protocol_options import (CKPT_OPTION, PRESET_HELP, protocol_from, protocol_options,
                                          voc_root_option)
 from gtaseg.config import BAD_IMAGE_POLICIES
 from gtaseg.data.split import Split
@@ -43,7 +43,7 @@ head.
 def _evaluate(ckpt: str, samples: Sequence[SegSample], protocol: EvalProtocol, opts: dict[str, Any],
               export_masks: bool = False, per_block: bool = False) -> tuple[EvalResult, dict[str, Any]]:
     """Load ``ckpt`` and score ``samples``; returns the result and the model part of the report."""
-    from gtaseg.evaluation.runner import evaluate
+    from gtaseg.evaluation.runner import evaluate, load_checked
 
     model, info, described = load_checked(ckpt, protocol, opts["arch"])
     result = evaluate(model, info, samples, protocol, batch_size=opts["batch_size"], workers=opts["workers"],

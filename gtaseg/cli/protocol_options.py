@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from gtaseg.errors import GtasegError
 from gtaseg.evaluation.protocols import (AVERAGES, COMPONENT_SEARCHES, EMPTY_RULES, HEADS, IOU_RULES, MASKS,
                                          PRESETS, RESIZES, SETTINGS, VOID_RULES, EvalProtocol, resolve)
 
@@ -121,21 +120,3 @@ def protocol_from(opts: dict[str, Any]) -> EvalProtocol:
     if head is not None:  # "merged" must be able to override a preset's head, so None cannot mean it here
         protocol = replace(protocol, box_head=None if head == "merged" else head)
     return protocol
-
-
-def load_checked(ckpt: str, protocol: EvalProtocol, arch: str | None):
-    """Load ``ckpt`` and check the protocol fits it (block, image size, box head), in one-line errors."""
-    from gtaseg.attention import check_layout
-    from gtaseg.models import load_model
-
-    model, info = load_model(ckpt, arch=arch)
-    check_layout(model, range(len(model.blocks)))  # before any data is read, and before .attn is looked up
-    depth, heads = len(model.blocks), model.blocks[0].attn.num_heads
-    if not -depth <= protocol.block < depth:
-        raise GtasegError(f"--block {protocol.block}: {info.arch} has blocks 0..{depth - 1} (or -1..-{depth})")
-    if protocol.image_size < info.patch_size:
-        raise GtasegError(f"--image-size {protocol.image_size} is smaller than the patch size {info.patch_size}")
-    if protocol.box_head is not None and not 0 <= protocol.box_head < heads:
-        raise GtasegError(f"--box-head {protocol.box_head}: {info.arch} has heads 0..{heads - 1} "
-                          f"(--protocol {protocol.name} uses head {PRESETS[protocol.name].box_head})")
-    return model, info, {"ckpt": ckpt, "arch": info.arch, "heads": heads}

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from gtaseg.attention import cls_attentions, resolve_blocks
+from gtaseg.attention import check_layout, cls_attentions, resolve_blocks
 from gtaseg.devices import pick_device
+from gtaseg.errors import GtasegError
 from gtaseg.evaluation.blocks import BlockAccumulator, BlockReport
 from gtaseg.evaluation.coco import prediction_records
 from gtaseg.evaluation.corloc import CorlocDataset, CorlocScore, collate, component_box, corloc_percent, score_box
@@ -25,10 +26,26 @@ from gtaseg.evaluation.inputs import Geometry, SegmentationDataset, SegSample
 from gtaseg.evaluation.jaccard import ImageScore, jaccard
 from gtaseg.evaluation.masks import mass_mask, merged_mask, to_pixels
 from gtaseg.evaluation.patch_scores import best_of_heads, every_mask_iou, merged_ious, patch_targets, score_patches
-from gtaseg.evaluation.protocols import HEADS, EvalProtocol
-from gtaseg.models import ModelInfo
+from gtaseg.evaluation.protocols import HEADS, PRESETS, EvalProtocol
+from gtaseg.models import ModelInfo, load_model
 
-__all__ = ["HEADS", "EvalProtocol", "EvalResult", "BlockReport", "CorlocResult", "evaluate", "evaluate_corloc"]
+__all__ = ["HEADS", "EvalProtocol", "EvalResult", "BlockReport", "CorlocResult", "evaluate", "evaluate_corloc", "load_checked"]
+
+
+def load_checked(ckpt: str, protocol: EvalProtocol, arch: str | None = None) -> tuple[nn.Module, ModelInfo, dict]:
+    """Load ``ckpt`` and check the protocol fits it (block, image size, box head), in one-line errors; also the
+    model's part of a report (ckpt, arch, heads)."""
+    model, info = load_model(ckpt, arch=arch)
+    check_layout(model, range(len(model.blocks)))  # before any data is read, and before .attn is looked up
+    depth, heads = len(model.blocks), model.blocks[0].attn.num_heads
+    if not -depth <= protocol.block < depth:
+        raise GtasegError(f"--block {protocol.block}: {info.arch} has blocks 0..{depth - 1} (or -1..-{depth})")
+    if protocol.image_size < info.patch_size:
+        raise GtasegError(f"--image-size {protocol.image_size} is smaller than the patch size {info.patch_size}")
+    if protocol.box_head is not None and not 0 <= protocol.box_head < heads:
+        raise GtasegError(f"--box-head {protocol.box_head}: {info.arch} has heads 0..{heads - 1} "
+                          f"(--protocol {protocol.name} uses head {PRESETS[protocol.name].box_head})")
+    return model, info, {"ckpt": ckpt, "arch": info.arch, "heads": heads}
 
 
 def protocol_masks(attention: Tensor, protocol: EvalProtocol, grid: tuple[int, int], heads: bool = True,

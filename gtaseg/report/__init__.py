@@ -49,7 +49,7 @@ from gtaseg.report.render_markdown import (attention_markdown, footnotes, has_at
                                            settings_markdown, table_markdown)
 from gtaseg.report.rivals import gta_versus_rivals
 from gtaseg.report.runs import collect
-from gtaseg.report.selection import FAIR, PAPER, PAPER_TABLES, has_validation, mean_std
+from gtaseg.report.selection import PAPER, has_validation, mean_std, protocol_for
 from gtaseg.report.tables import build_tables
 
 __all__ = ["CSV_COLUMNS", "Report", "collect", "make_report", "mean_std"]
@@ -72,7 +72,7 @@ def make_report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     # With a validation split the cells are chosen on it (the fair protocol), and the paper's protocol is
     # reported beside them; without one, as the paper chooses (on test).
     effect = has_validation(runs)
-    tables, warnings = build_tables(runs, got.labels, FAIR if effect else PAPER_TABLES)
+    tables, warnings = build_tables(runs, got.labels, protocol_for(runs))
     paper = next((t for t in build_tables(runs, got.labels, PAPER)[0] if t.slug == "table2"), None) if effect else None
     files = []
     parts = [f"# Results: {runs_dir}", "",

@@ -93,6 +93,12 @@ def has_validation(runs: list[Run]) -> bool:
     return bool(runs) and all(r.final.get("val_top1") is not None for r in runs)
 
 
+def protocol_for(runs: list[Run]) -> SelectionProtocol:
+    """How the report chooses its cells: on validation where every run has a validation top-1 (the fair
+    protocol), else as the paper does (on test)."""
+    return FAIR if has_validation(runs) else PAPER_TABLES
+
+
 def best_cells(runs: list[Run], protocol: SelectionProtocol = PAPER_TABLES) -> tuple[dict[tuple, Cell], list[str]]:
     """(method, source, transmix, dataset, rate) → the cell at the setting (λ, lr) ``protocol`` chooses; plus
     warnings."""
