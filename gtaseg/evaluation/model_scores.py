@@ -63,6 +63,11 @@ def summary(report: dict[str, Any]) -> dict[str, float | None]:
     return {"best": report["jaccard"]["best"], "merged": report["jaccard"]["merged"]}
 
 
+def image_count(report: dict[str, Any]) -> int:
+    """How many images of the split a stored report covers (for CorLoc, those with a ground-truth box)."""
+    return report["corloc"]["images"] if "corloc" in report else report["images"]
+
+
 def stored(folder: Path, measure: Measure, request: dict[str, Any]) -> dict[str, Any] | None:
     path = folder / SCORES_DIR / f"{measure.name}.json"
     if not path.is_file():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gtaseg.errors import GtasegError
-from gtaseg.evaluation.model_scores import Measure, MissingWeights, summary
+from gtaseg.evaluation.model_scores import Measure, MissingWeights, image_count, summary
 from gtaseg.io import write_text
 from gtaseg.report.labels import rate_header
 from gtaseg.report.selection import Cell, mean_std
@@ -165,8 +165,7 @@ def make_table4(runs_dir: str | Path, measures: Sequence[Measure], out: str | Pa
             except MissingWeights:
                 left_out.append(run.name)
         rows.append(cell_row(cell, reports))
-    images = {name: r["images"] if "images" in r else r["corloc"]["images"]
-              for row in rows[:1] for rep in row.reports for name, r in rep.items()}
+    images = {name: image_count(report) for name, report in rows[0].reports[0].items()}  # the first source's
     parts = [f"## Table 4: [cls] attention of the chosen models on real photos ({protocol.title or protocol.name})",
              "", table4_markdown(rows, measures), "",
              f"{caption(measures, images, full_split)}. Cells: mean ± sample std over the seeds of Table 2's chosen "
