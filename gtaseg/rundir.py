@@ -13,6 +13,8 @@ Training writes them; resume, sweep and report read them. Layout::
     test_predictions.csv one "id,label,predicted" row per scored test image, in split order (class names; the id
                          is the image's path relative to the folder that holds all the test split's images)
     final.json           written last: a run is finished iff it exists
+    attention/           gtaseg table4's stored attention scores, one <measure>.json each
+                         (gtaseg.evaluation.model_scores)
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ BEST = "best.safetensors"
 SKIPPED = "skipped_images.txt"
 PREDICTIONS = "test_predictions.csv"
 FINAL = "final.json"
+ATTENTION = "attention"
 # The keys of final.json that are wall-clock times: the only ones that differ between two runs of one config.
 WALL_CLOCK = ("train_seconds", "eval_seconds")
 # The key of config.json that holds what λ means in the other reduction: derived, not an option, so a resumed

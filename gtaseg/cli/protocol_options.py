@@ -47,6 +47,21 @@ def _box_head(value: str | None) -> int | None | str:
         raise click.BadParameter(f"{value!r} is not a head index or 'merged'") from None
 
 
+# How an evaluation runs (not what it measures): every command that scores a model takes these.
+RUN_OPTIONS = (
+    click.option("--batch-size", type=click.IntRange(1), default=8, help="Images per forward pass."),
+    click.option("--workers", type=click.IntRange(0), default=2, help="Data-loader worker processes."),
+    click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ..."),
+)
+
+
+def run_options(func: Callable) -> Callable:
+    """Decorator adding RUN_OPTIONS to a command."""
+    for option in reversed(RUN_OPTIONS):
+        func = option(func)
+    return func
+
+
 def protocol_options(presets: Sequence[str] = tuple(PRESETS), heads: bool = True, masks: bool = True,
                      corloc: bool = False) -> Callable:
     """Decorator adding --protocol, the protocol settings and the run options to a command."""
@@ -97,9 +112,7 @@ def protocol_options(presets: Sequence[str] = tuple(PRESETS), heads: bool = True
         ]
     options += [
         click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N images [default: all]."),
-        click.option("--batch-size", type=click.IntRange(1), default=8, help="Images per forward pass."),
-        click.option("--workers", type=click.IntRange(0), default=2, help="Data-loader worker processes."),
-        click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ..."),
+        *RUN_OPTIONS,
     ]
 
     def decorate(func: Callable) -> Callable:

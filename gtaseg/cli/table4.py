@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from gtaseg.cli.protocol_options import voc_root_option
+from gtaseg.cli.protocol_options import run_options, voc_root_option
 
 
 @click.command("table4", context_settings={"show_default": True})
@@ -24,9 +24,7 @@ from gtaseg.cli.protocol_options import voc_root_option
                    "the caption then says 'n of N'.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Where table4.md and table4.csv go [default: RUNS_DIR].")
-@click.option("--batch-size", type=click.IntRange(1), default=8, help="Images per forward pass.")
-@click.option("--workers", type=click.IntRange(0), default=2, help="Data-loader worker processes.")
-@click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+@run_options
 def table4(runs_dir: str, voc_root: str, split: str, sizes: tuple[int, ...], boxes_root: str | None,
            boxes_split: str, corloc_size: int, full_split: int | None, out: str | None, batch_size: int,
            workers: int, device: str) -> None:

@@ -14,8 +14,7 @@ from typing import Any
 from gtaseg.errors import GtasegError
 from gtaseg.evaluation.protocols import EvalProtocol
 from gtaseg.io import write_json
-
-SCORES_DIR = "attention"
+from gtaseg.rundir import ATTENTION
 
 
 class MissingWeights(GtasegError):
@@ -33,19 +32,25 @@ class Measure:
     root: Path
     split: str
 
-    def samples(self) -> list:
+    def prepare(self) -> Prepared:
+        """The measure with its samples read (once, for every model it scores) and its request."""
         from gtaseg.data.voc import voc_box_samples, voc_samples
 
-        if self.metric == "corloc":
-            return voc_box_samples(self.root, self.split)
-        return voc_samples(self.root, self.split, None, self.protocol.masks)
-
-    def request(self, samples: Sequence) -> dict[str, Any]:
-        """What a stored score must have answered to be reused: the data by folder name, split and its ids (so
-        a copied folder still matches), and every protocol setting."""
+        samples = (voc_box_samples(self.root, self.split) if self.metric == "corloc"
+                   else voc_samples(self.root, self.split, None, self.protocol.masks))
+        # What a stored score must have answered to be reused: the data by folder name, split and its ids (so a
+        # copied folder still matches), and every protocol setting.
         ids = hashlib.sha256("\n".join(str(s.id) for s in samples).encode()).hexdigest()[:16]
-        return {"metric": self.metric, "data": self.root.name, "split": self.split, "images": len(samples),
-                "ids_sha256": ids, "protocol": asdict(self.protocol)}
+        request = {"metric": self.metric, "data": self.root.name, "split": self.split, "images": len(samples),
+                   "ids_sha256": ids, "protocol": asdict(self.protocol)}
+        return Prepared(self, samples, request)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    measure: Measure
+    samples: list
+    request: dict[str, Any]
 
 
 def jaccard_measure(root: str | Path, protocol: EvalProtocol, split: str = "val") -> Measure:
@@ -68,40 +73,34 @@ def image_count(report: dict[str, Any]) -> int:
     return report["corloc"]["images"] if "corloc" in report else report["images"]
 
 
-def stored(folder: Path, measure: Measure, request: dict[str, Any]) -> dict[str, Any] | None:
-    path = folder / SCORES_DIR / f"{measure.name}.json"
+def stored(folder: Path, prepared: Prepared) -> dict[str, Any] | None:
+    path = folder / ATTENTION / f"{prepared.measure.name}.json"
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
-    return report if report.get("request") == request else None
+    return report if report.get("request") == prepared.request else None
 
 
-def score_model(ckpt: str, folder: Path, measures: Sequence[Measure], *, batch_size: int = 8, workers: int = 2,
-                device: str = "auto", log=print, weights: Path | None = None) -> dict[str, dict[str, Any]]:
+def score_model(ckpt: str | Path, folder: Path, measures: Sequence[Prepared], *, batch_size: int = 8,
+                workers: int = 2, device: str = "auto", log=print) -> dict[str, dict[str, Any]]:
     """measure name → the report of ``ckpt`` under it: stored in ``folder`` when it answers the same request,
-    otherwise scored now (the model loaded once for all the missing measures) and stored. ``weights``: the
-    file ``ckpt`` names, when it is one; MissingWeights when a score is missing and that file is not there."""
+    otherwise scored now (the model loaded once for all the missing measures) and stored. ``ckpt`` is any
+    --ckpt spelling, or a Path to a weights file: MissingWeights when a score is missing and that file is gone."""
     from gtaseg.evaluation.runner import evaluate, evaluate_corloc, load_checked
 
-    out, missing = {}, []
-    for measure in measures:
-        samples = measure.samples()
-        request = measure.request(samples)
-        report = stored(folder, measure, request)
-        if report is None:
-            missing.append((measure, samples, request))
-        else:
-            out[measure.name] = report
+    out = {p.measure.name: report for p in measures if (report := stored(folder, p)) is not None}
+    missing = [p for p in measures if p.measure.name not in out]
     if not missing:
         return out
-    if weights is not None and not weights.is_file():
-        raise MissingWeights(f"{weights}: no such file, and no stored {missing[0][0].name} score in {folder}")
-    model, info, described = load_checked(ckpt, missing[0][0].protocol, None)
-    for measure, samples, request in missing:
-        log(f"scoring {ckpt} on {measure.root.name} ({measure.split}, {len(samples)} images): {measure.name}")
-        run = evaluate_corloc if measure.metric == "corloc" else evaluate
-        result = run(model, info, samples, measure.protocol, batch_size=batch_size, workers=workers, device=device)
-        report = {"request": request, "model": described, **result.to_json()}
-        write_json(folder / SCORES_DIR / f"{measure.name}.json", report)
-        out[measure.name] = report
+    if isinstance(ckpt, Path) and not ckpt.is_file():
+        raise MissingWeights(f"{ckpt}: no such file, and no stored {missing[0].measure.name} score in {folder}")
+    model, info, described = load_checked(str(ckpt), missing[0].measure.protocol)
+    for p in missing:
+        m = p.measure
+        log(f"scoring {ckpt} on {m.root.name} ({m.split}, {len(p.samples)} images): {m.name}")
+        run = evaluate_corloc if m.metric == "corloc" else evaluate
+        result = run(model, info, p.samples, m.protocol, batch_size=batch_size, workers=workers, device=device)
+        report = {"request": p.request, "model": described, **result.to_json()}
+        write_json(folder / ATTENTION / f"{m.name}.json", report)
+        out[m.name] = report
     return out

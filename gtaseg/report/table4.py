@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gtaseg.errors import GtasegError
-from gtaseg.evaluation.model_scores import Measure, MissingWeights, image_count, summary
+from gtaseg.evaluation.model_scores import Measure, MissingWeights, image_count, score_model, summary
 from gtaseg.io import write_text
 from gtaseg.report.labels import rate_header
-from gtaseg.report.selection import Cell, mean_std
+from gtaseg.report.runs import collect
+from gtaseg.report.selection import Cell, mean_std, protocol_for
+from gtaseg.report.tables import build_tables
+from gtaseg.rundir import MODEL
+from gtaseg.sweep.naming import slug
 
 SOURCE_ROW = "source"
 
@@ -120,7 +124,6 @@ def table4_csv(rows: Sequence[AttentionRow], measures: Sequence[Measure]) -> str
 
 
 SOURCES_DIR = ".sources"  # under the runs dir: each source model's stored scores (collect skips dot folders)
-WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -135,12 +138,6 @@ def make_table4(runs_dir: str | Path, measures: Sequence[Measure], out: str | Pa
                 log=print) -> Table4:
     """Score the source models and every run of Table 2's chosen cells (scores already stored are reused) and
     write table4.md and table4.csv into ``out`` (default: ``runs_dir``)."""
-    from gtaseg.evaluation.model_scores import score_model
-    from gtaseg.report.runs import collect
-    from gtaseg.report.selection import protocol_for
-    from gtaseg.report.tables import build_tables
-    from gtaseg.sweep.naming import slug
-
     runs_dir, out = Path(runs_dir), Path(out or runs_dir)
     got = collect(runs_dir)
     if not got.runs:
@@ -150,9 +147,10 @@ def make_table4(runs_dir: str | Path, measures: Sequence[Measure], out: str | Pa
     if table is None:
         raise GtasegError(f"{runs_dir}: no Table 2 cells to score")
     cells = [c for _, c in table.filled()]
+    prepared = [m.prepare() for m in measures]
     rows, left_out = [], []
     for source in dict.fromkeys(c.source for c in cells):
-        reports = score_model(source, runs_dir / SOURCES_DIR / slug(source), measures, batch_size=batch_size,
+        reports = score_model(source, runs_dir / SOURCES_DIR / slug(source), prepared, batch_size=batch_size,
                               workers=workers, device=device, log=log)
         rows.append(source_row(source, reports))
     for cell in cells:
@@ -160,8 +158,8 @@ def make_table4(runs_dir: str | Path, measures: Sequence[Measure], out: str | Pa
         for run in cell.runs:
             folder = runs_dir / run.name
             try:
-                reports.append(score_model(str(folder / WEIGHTS), folder, measures, batch_size=batch_size,
-                                           workers=workers, device=device, log=log, weights=folder / WEIGHTS))
+                reports.append(score_model(folder / MODEL, folder, prepared, batch_size=batch_size,
+                                           workers=workers, device=device, log=log))
             except MissingWeights:
                 left_out.append(run.name)
         rows.append(cell_row(cell, reports))
@@ -173,7 +171,7 @@ def make_table4(runs_dir: str | Path, measures: Sequence[Measure], out: str | Pa
              f"on attention). best head: per image and class the best head's mask; merged: the heads' mean map. "
              f"merged / source: the row's merged Jaccard over the source's."]
     if left_out:
-        parts += ["", f"Left out (no {WEIGHTS} and no stored scores): {', '.join(left_out)}."]
+        parts += ["", f"Left out (no {MODEL} and no stored scores): {', '.join(left_out)}."]
     markdown = "\n".join(parts) + "\n"
     write_text(out / "table4.md", markdown)
     write_text(out / "table4.csv", table4_csv(rows, measures))
