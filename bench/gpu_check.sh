@@ -4,11 +4,16 @@
 # MEASURED yet (no GPU was lent when these were written); bench/RESULTS.md records the CPU figures.
 #
 #   bash bench/gpu_check.sh            # exits non-zero when a test fails or a target is missed
+#
+# The JSON results go to RESULTS_DIR (default bench/; on a lent machine, the folder that comes back). Where the
+# machine lacks the photos or pycocotools, bench/gpu_stage.sh brings them: pack ../shared/data/voc2012-subset here,
+# then `bash bench/gpu_stage.sh unpack && . .stage/env.sh && bash bench/gpu_check.sh` there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 VOC_ROOT=${VOC_ROOT:-../shared/data/voc2012-subset}
-mkdir -p bench
+RESULTS_DIR=${RESULTS_DIR:-bench}
+mkdir -p "$RESULTS_DIR"
 
 # The GPU tests: the bf16 GTA term is exactly 0 at step 0, the fused attention kernels are kept, and CUDA DDP
 # matches one GPU (skipped with fewer than two GPUs).
@@ -19,9 +24,9 @@ mkdir -p bench
 # loader workers).
 "$PY" bench/eval_speed.py --device cuda --ckpt random:vit_small_patch14_dinov2 --voc-root "$VOC_ROOT" \
     --image-size 480 --batch-size 64 --workers 8 --limit 321 --repeats 3 --min-ratio 0.8 \
-    --json bench/results-eval-gpu.json
+    --json "$RESULTS_DIR/results-eval-gpu.json"
 
 # Train-step cost of GTA (bench/RESULTS.md, "GPU"): gta / (baseline + source) <= 1.10 at batch 256, and the
 # peak-memory ratios, with torch.compile off and on.
 "$PY" bench/train_step.py --device cuda --batch-size 256 --steps 20 --warmup 5 --compile both \
-    --eval-limit 0 --json bench/results-gpu.json
+    --eval-limit 0 --json "$RESULTS_DIR/results-gpu.json"

