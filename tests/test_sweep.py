@@ -85,6 +85,14 @@ def test_yaml_numbers_and_file_errors(tmp_path):
         load_config(tmp_path / "missing.json")
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_expands_to_train_commands(path):
+    jobs = expand(load_config(path))
+    assert jobs
+    for job in jobs:
+        train_argv(job.config)  # an unknown or misspelt field has no gtaseg train option and fails here
+
+
 def test_paper_configs_expand_and_share_runs():
     counts = {"table2": 960, "table3": 900, "table5": 480, "table6": 480, "figure4": 300, "smoke": 8}
     jobs = {}
