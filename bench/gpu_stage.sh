@@ -10,7 +10,7 @@
 #                                              the tar, links each data folder as DATA_LINKS/<name> (where the
 #                                              configs look: ../shared/data), puts the weights in the gtaseg cache,
 #                                              installs the wheels into STAGE/site and writes STAGE/env.sh (source
-#                                              it: PYTHONPATH, and GTASEG to run gtaseg without installing it)
+#                                              it: PYTHONPATH, PYTHON, and GTASEG to run gtaseg uninstalled)
 #   bash bench/gpu_stage.sh archive RUNS_DIR FILE
 #                                              there: the run folders under RUNS_DIR, without weights and
 #                                              checkpoints, as one .tar.gz (what a run folder in results/ keeps)
@@ -89,7 +89,7 @@ unpack() {
     fi
     cat > "$STAGE/env.sh" <<EOF
 export PYTHONPATH="$(cd "$STAGE" && pwd)/site:$(pwd)\${PYTHONPATH:+:\$PYTHONPATH}"
-export GTASEG="$PY -m gtaseg.cli"
+export GTASEG="$PY -m gtaseg.cli" PYTHON="$PY"
 EOF
     echo "gpu_stage: unpacked $(ls "$STAGE/tree/data" | paste -sd, -) into $DATA_LINKS, the weights into $cache"
 }

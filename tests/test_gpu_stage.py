@@ -52,8 +52,13 @@ def test_packed_parts_unpack_to_the_same_files_where_the_configs_look(packed):
         sorted(p.relative_to(data) for p in data.rglob("*.jpg"))
     assert all((arrived / p.relative_to(data)).read_bytes() == p.read_bytes() for p in data.rglob("*.jpg"))
     assert (tmp / "there-cache" / CACHE_FILE).read_bytes() == (cache / CACHE_FILE).read_bytes()
-    env_sh = (tmp / "stage" / "env.sh").read_text()
-    assert f"{tmp / 'stage' / 'site'}:" in env_sh and "-m gtaseg.cli" in env_sh
+    # Sourced from anywhere, env.sh puts this checkout and the unpacked wheels on the path (a machine without an
+    # install of gtaseg), and GTASEG runs it.
+    sourced = subprocess.run(["bash", "-c", f". {tmp / 'stage' / 'env.sh'} && $PYTHON -c 'import sys; print(sys.path)'"
+                              " && $GTASEG --version"], cwd=tmp,
+                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, capture_output=True, text=True)
+    assert sourced.returncode == 0, sourced.stderr
+    assert f"'{tmp / 'stage' / 'site'}', '{SCRIPT.parents[1]}'" in sourced.stdout and "gtaseg, version" in sourced.stdout
 
 
 def test_a_broken_or_missing_part_is_refused(packed):
