@@ -93,6 +93,16 @@ def test_every_shipped_config_expands_to_train_commands(path):
         train_argv(job.config)  # an unknown or misspelt field has no gtaseg train option and fails here
 
 
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_has_a_row_with_its_job_count(path):
+    """configs/README.md's table is where a user looks for what a config runs and how many runs it costs."""
+    rows = [line for line in (CONFIGS / "README.md").read_text().splitlines() if line.startswith(f"| `{path.name}`")]
+    assert len(rows) == 1, f"configs/README.md has {len(rows)} rows for {path.name}"
+    count = rows[0].rstrip(" |").rsplit("|", 1)[1].strip()
+    if count.isdigit():  # a few rows give a formula (a sweep whose later seeds depend on its report)
+        assert int(count) == len(expand(load_config(path)))
+
 def test_paper_configs_expand_and_share_runs():
     counts = {"table2": 960, "table3": 900, "table5": 480, "table6": 480, "figure4": 300, "smoke": 8}
     jobs = {}
