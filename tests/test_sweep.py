@@ -93,7 +93,6 @@ def test_every_shipped_config_expands_to_train_commands(path):
         train_argv(job.config)  # an unknown or misspelt field has no gtaseg train option and fails here
 
 
-
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_has_a_row_with_its_job_count(path):
     """configs/README.md's table is where a user looks for what a config runs and how many runs it costs."""
@@ -102,6 +101,14 @@ def test_every_shipped_config_has_a_row_with_its_job_count(path):
     count = rows[0].rstrip(" |").rsplit("|", 1)[1].strip()
     if count.isdigit():  # a few rows give a formula (a sweep whose later seeds depend on its report)
         assert int(count) == len(expand(load_config(path)))
+
+
+def test_corloc_rerun_config_is_the_comparison_s_jobs():
+    """cars50_corloc15.yaml reruns cars50.yaml's jobs for their weights; a base that drifted would rerun other jobs."""
+    reruns, comparison = (load_config(CONFIGS / f"{n}.yaml") for n in ("cars50_corloc15", "cars50"))
+    assert reruns.base == comparison.base
+    assert {j.name for j in expand(reruns)} <= {j.name for j in expand(comparison)}
+
 
 def test_paper_configs_expand_and_share_runs():
     counts = {"table2": 960, "table3": 900, "table5": 480, "table6": 480, "figure4": 300, "smoke": 8}
