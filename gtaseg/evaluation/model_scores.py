@@ -68,6 +68,14 @@ def summary(report: dict[str, Any]) -> dict[str, float | None]:
     return {"best": report["jaccard"]["best"], "merged": report["jaccard"]["merged"]}
 
 
+def per_image(report: dict[str, Any], value: str) -> dict[str, float]:
+    """Image id → that image's share of ``summary(report)[value]``, a fraction whose mean over the images, × 100,
+    is the summary: 1 or 0 for CorLoc's hit, the image's Jaccard for ``best`` and ``merged`` (images the
+    protocol skipped are left out)."""
+    key = "correct" if value == "corloc" else value
+    return {e["id"]: float(e[key]) for e in report["per_image"] if e.get(key) is not None}
+
+
 def image_count(report: dict[str, Any]) -> int:
     """How many images of the split a stored report covers (for CorLoc, those with a ground-truth box)."""
     return report["corloc"]["images"] if "corloc" in report else report["images"]

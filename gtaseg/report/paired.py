@@ -1,7 +1,8 @@
-"""A paired bootstrap of the difference in top-1 between two methods, over test images and seeds.
+"""A paired bootstrap of the difference in a per-image score between two methods, over images and seeds: top-1
+(1 for a right prediction, 0 for a wrong one), or an attention score in [0, 1] (Jaccard, CorLoc's hit).
 
-The two methods' runs are paired by seed and scored on the same test images. One resample draws the seeds with
-replacement and, independently, the test images with replacement, and takes the same images for both methods and
+The two methods' runs are paired by seed and scored on the same images. One resample draws the seeds with
+replacement and, independently, the images with replacement, and takes the same images for both methods and
 every drawn seed: the images are a sample from the data just as the seeds are from the training noise, and a hard
 image is hard for every run, so it stays paired across methods and seeds alike.
 """
@@ -17,20 +18,20 @@ LEVEL = 0.95
 SEED = 0
 
 
-def paired_differences(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]]) -> np.ndarray:
-    """[seeds, images] of a's correctness minus b's (−1, 0 or 1): ``a[k][i]`` is whether method a's run of the
-    k-th paired seed got test image i right, and ``b[k][i]`` the same for method b."""
-    a_, b_ = np.asarray(a, dtype=np.int8), np.asarray(b, dtype=np.int8)
+def paired_differences(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> np.ndarray:
+    """[seeds, images] of a's score minus b's: ``a[k][i]`` is method a's score of image i in its run of the k-th
+    paired seed (for top-1, whether it got the image right), and ``b[k][i]`` the same for method b."""
+    a_, b_ = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a_.shape != b_.shape or a_.ndim != 2 or 0 in a_.shape:
         raise ValueError(f"need the same seeds × images for both methods, got {a_.shape} and {b_.shape}")
     return a_ - b_
 
 
-def bootstrap_interval(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]], *, resamples: int = RESAMPLES,
+def bootstrap_interval(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], *, resamples: int = RESAMPLES,
                        level: float = LEVEL, seed: int = SEED) -> tuple[float, float]:
-    """The percentile interval (top-1 points, %) of the mean over seeds of a's top-1 minus b's, from
-    ``resamples`` paired resamples of seeds and test images (see the module's docstring)."""
-    diff = paired_differences(a, b).astype(np.float64)
+    """The percentile interval (points, %: the scores are fractions) of the mean over seeds of a's mean score
+    minus b's, from ``resamples`` paired resamples of seeds and images (see the module's docstring)."""
+    diff = paired_differences(a, b)
     seeds, images = diff.shape
     rng = np.random.default_rng(seed)
     stats = np.empty(resamples)

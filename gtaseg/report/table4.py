@@ -15,6 +15,8 @@ from gtaseg.io import write_text
 from gtaseg.report.labels import rate_header
 from gtaseg.report.runs import collect
 from gtaseg.report.selection import Cell, mean_std, protocol_for
+from gtaseg.report.table4_paired import (PAIRED_FILE, attention_comparisons, paired_attention_csv,
+                                        paired_attention_markdown)
 from gtaseg.report.tables import build_tables
 from gtaseg.rundir import MODEL
 from gtaseg.sweep.naming import slug
@@ -30,17 +32,19 @@ class AttentionRow:
     model: str  # the source's name (source rows), or the cell's setting
     dataset: str
     rate: float | None
-    seeds: list[int]
+    seeds: list[int]  # of the runs in ``reports``, in their order
     reports: list[dict[str, dict]]  # per run: measure name → stored report
 
     def values(self, measure: str, value: str) -> list[float]:
         return [float(v) for r in self.reports if measure in r and (v := summary(r[measure]).get(value)) is not None]
 
 
-def cell_row(cell: Cell, reports: list[dict[str, dict]]) -> AttentionRow:
+def cell_row(cell: Cell, scored: list[tuple[int, dict[str, dict]]]) -> AttentionRow:
+    """``scored``: (seed, reports) of each of the cell's runs that has scores."""
     setting = ", ".join(([f"lr {cell.lr:g}"] if cell.lr is not None else []) +
                         ([f"λ {cell.lam:g}"] if cell.lam else []))
-    return AttentionRow(cell.method, setting, cell.dataset, cell.rate, cell.seeds, reports)
+    return AttentionRow(cell.method, setting, cell.dataset, cell.rate, [s for s, _ in scored],
+                        [r for _, r in scored])
 
 
 def source_row(source: str, reports: dict[str, dict]) -> AttentionRow:
@@ -154,15 +158,15 @@ def make_table4(runs_dir: str | Path, measures: Sequence[Measure], out: str | Pa
                               workers=workers, device=device, log=log)
         rows.append(source_row(source, reports))
     for cell in cells:
-        reports = []
+        scored = []
         for run in cell.runs:
             folder = runs_dir / run.name
             try:
-                reports.append(score_model(folder / MODEL, folder, prepared, batch_size=batch_size,
-                                           workers=workers, device=device, log=log))
+                scored.append((run.seed, score_model(folder / MODEL, folder, prepared, batch_size=batch_size,
+                                                     workers=workers, device=device, log=log)))
             except MissingWeights:
                 left_out.append(run.name)
-        rows.append(cell_row(cell, reports))
+        rows.append(cell_row(cell, scored))
     images = {name: image_count(report) for name, report in rows[0].reports[0].items()}  # the first source's
     parts = [f"## Table 4: [cls] attention of the chosen models on real photos ({protocol.title or protocol.name})",
              "", table4_markdown(rows, measures), "",
@@ -172,6 +176,10 @@ def make_table4(runs_dir: str | Path, measures: Sequence[Measure], out: str | Pa
              f"merged / source: the row's merged Jaccard over the source's."]
     if left_out:
         parts += ["", f"Left out (no {MODEL} and no stored scores): {', '.join(left_out)}."]
+    comparisons = attention_comparisons(rows, columns(measures))
+    if comparisons:
+        parts += ["", "### GTA against each rival, paired by seed", "", paired_attention_markdown(comparisons)]
+        write_text(out / PAIRED_FILE, paired_attention_csv(comparisons))
     markdown = "\n".join(parts) + "\n"
     write_text(out / "table4.md", markdown)
     write_text(out / "table4.csv", table4_csv(rows, measures))
