@@ -8,7 +8,8 @@ image is hard for every run, so it stays paired across methods and seeds alike.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -16,6 +17,8 @@ RESAMPLES = 10_000
 LEVEL = 0.95
 # The bootstrap's own seed: a report gives the same interval every time it is made.
 SEED = 0
+
+T = TypeVar("T")
 
 
 def paired_differences(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> np.ndarray:
@@ -42,3 +45,23 @@ def bootstrap_interval(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(100.0 * stats, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def first_by_seed(runs: Iterable[tuple[int, T]]) -> dict[int, T]:
+    """Seed → its run, from (seed, run) pairs: a seed run twice (the report warns then) counts by its first run."""
+    out: dict[int, T] = {}
+    for seed, run in runs:
+        out.setdefault(seed, run)
+    return out
+
+
+def paired_interval(a: Sequence[Mapping[str, float]],
+                    b: Sequence[Mapping[str, float]]) -> tuple[tuple[float, float] | None, int]:
+    """:func:`bootstrap_interval` from per-run scores keyed by image id (``a[k]``: method a's run of the k-th
+    paired seed), on the images every run scored, in the first run's order; and how many those are. (None, 0)
+    when no image was scored by every run."""
+    common = set.intersection(*(set(r) for r in (*a, *b)))
+    ids = [i for i in a[0] if i in common]
+    if not ids:
+        return None, 0
+    return bootstrap_interval([[r[i] for i in ids] for r in a], [[r[i] for i in ids] for r in b]), len(ids)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gtaseg.report.paired import bootstrap_interval
+from gtaseg.report.paired import first_by_seed, paired_interval
 from gtaseg.report.runs import Run
 from gtaseg.report.selection import Cell
 from gtaseg.report.tables import Table
@@ -55,7 +55,7 @@ def gta_versus_rivals(table: Table, runs_dir: Path) -> list[Comparison]:
 def compare(gta: Cell, rival: Cell, label: str, runs_dir: Path) -> Comparison:
     """The two cells' runs paired by seed number (only the seeds both have count)."""
     # A cell holds one run per seed unless a sweep ran a seed twice (the report warns then): take the first.
-    gta_runs, rival_runs = _by_seed(gta.runs), _by_seed(rival.runs)
+    gta_runs, rival_runs = (first_by_seed((r.seed, r) for r in c.runs) for c in (gta, rival))
     seeds = sorted(gta_runs.keys() & rival_runs.keys())
     pairs = [(gta_runs[s], rival_runs[s]) for s in seeds]
     differences = [float(a.final["top1"]) - float(b.final["top1"]) for a, b in pairs]
@@ -65,20 +65,10 @@ def compare(gta: Cell, rival: Cell, label: str, runs_dir: Path) -> Comparison:
     if any(c is None for c in correct):
         return Comparison(gta, rival, label, seeds, differences, None, None, "no test predictions (older runs)")
     # The images every paired run scored (all of them, unless --on-bad-image skip left some out of a run).
-    common = set.intersection(*(set(c) for c in correct))
-    ids = [i for i in correct[0] if i in common]
-    if not ids:
+    interval, images = paired_interval(correct[0::2], correct[1::2])  # GTA's and the rival's runs alternate
+    if interval is None:
         return Comparison(gta, rival, label, seeds, differences, None, None, "no test image scored by every run")
-    scored = [[c[i] for i in ids] for c in correct]  # GTA's and the rival's runs alternate, seed by seed
-    interval = bootstrap_interval(scored[0::2], scored[1::2])
-    return Comparison(gta, rival, label, seeds, differences, interval, len(ids))
-
-
-def _by_seed(runs: list[Run]) -> dict[int, Run]:
-    out: dict[int, Run] = {}
-    for run in runs:
-        out.setdefault(run.seed, run)
-    return out
+    return Comparison(gta, rival, label, seeds, differences, interval, images)
 
 
 def _correct(runs_dir: Path, run: Run) -> dict[str, bool] | None:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from gtaseg.evaluation.model_scores import per_image, summary
 from gtaseg.report.labels import rate_header
-from gtaseg.report.paired import LEVEL, RESAMPLES, SEED, bootstrap_interval
+from gtaseg.report.paired import LEVEL, RESAMPLES, SEED, first_by_seed, paired_interval
 from gtaseg.report.rivals import GTA
 
 PAIRED_FILE = "table4_paired.csv"
@@ -62,7 +62,7 @@ def attention_comparisons(rows: Sequence[ScoredRow],
         for rival in rows:
             if rival.method == GTA or rival.rate is None or (rival.dataset, rival.rate) != (gta.dataset, gta.rate):
                 continue
-            ours, theirs = _by_seed(gta), _by_seed(rival)
+            ours, theirs = (first_by_seed(zip(r.seeds, r.reports)) for r in (gta, rival))
             for measure, value, header in columns:
                 seeds = [s for s in ours if s in theirs and measure in ours[s] and measure in theirs[s]]
                 if seeds:
@@ -71,26 +71,12 @@ def attention_comparisons(rows: Sequence[ScoredRow],
     return out
 
 
-def _by_seed(row: ScoredRow) -> dict[int, dict[str, dict]]:
-    # A seed run twice (the report warns then) counts once, by its first run, as in the test top-1 comparison.
-    out: dict[int, dict[str, dict]] = {}
-    for seed, reports in zip(row.seeds, row.reports):
-        out.setdefault(seed, reports)
-    return out
-
-
 def _compare(a: list[dict], b: list[dict], seeds: list[int], rival: ScoredRow, gta: ScoredRow, measure: str,
              value: str, header: str) -> AttentionComparison:
     differences = [summary(x)[value] - summary(y)[value] for x, y in zip(a, b)]
-    scores = [per_image(r, value) for r in a + b]
-    common = set.intersection(*(set(s) for s in scores))
-    ids = [i for i in scores[0] if i in common]
-    interval = None
-    if ids:
-        interval = bootstrap_interval([[s[i] for i in ids] for s in scores[:len(a)]],
-                                      [[s[i] for i in ids] for s in scores[len(a):]])
+    interval, images = paired_interval([per_image(r, value) for r in a], [per_image(r, value) for r in b])
     return AttentionComparison(rival.method, rival.model, gta.dataset, gta.rate, header, measure, value, seeds,
-                               differences, interval, len(ids))
+                               differences, interval, images)
 
 
 def paired_attention_markdown(comparisons: Sequence[AttentionComparison]) -> str:
